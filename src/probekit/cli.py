@@ -1,0 +1,127 @@
+"""The ``probekit`` command line: batch extraction and probing for clusters and scripts.
+
+    probekit extract --model llava-hf/llava-1.5-7b-hf --dataset imagenet-dogs --data-root /data/imagenet \\
+                     --out acts/llava15 --n-per-class 50
+    probekit probe acts/llava15 --out results.csv
+
+Every user error ends in one line ``probekit: error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ProbekitError
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .prompts import POSITIONS
+
+    p = argparse.ArgumentParser(
+        prog="probekit",
+        description="Per-layer probes of multimodal LLMs under prompt variants (paper A, arXiv 2508.20279). "
+        "`extract` runs images x prompt variants through a model and stores every layer's state at the probed "
+        "position; `probe` fits one linear probe per layer on the anchor question and scores it on every variant.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    e = sub.add_parser("extract", help="store per-layer states of images x prompt variants (resumable)",
+                       description="Run every image under every prompt variant through the model; store the state "
+                       "of every decoder layer (0 = embeddings) at the probed position, plus the model's answer. "
+                       "Re-running the same command resumes: only missing shards are computed.")
+    e.add_argument("--model", required=True, help="hub id (llava-hf/llava-1.5-7b-hf), local directory, or organism name")
+    e.add_argument("--dataset", required=True, choices=DATASETS, metavar="DATASET", help=f"one of {', '.join(DATASETS)}")
+    e.add_argument("--data-root", help="dataset folder (image-folder: one subfolder per class; imagenet-dogs: ImageNet root)")
+    e.add_argument("--out", required=True, help="store directory (created; reused when the settings match)")
+    e.add_argument("--n-per-class", type=_positive_int, help="images per class (default: all)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the per-class subsample (default 0)")
+    e.add_argument("--variants", default="paper-a", help="'paper-a' or a YAML file of variant families")
+    e.add_argument("--families", nargs="+", help="keep only these variant families (the anchor is always kept)")
+    e.add_argument("--concept", help="concept the images show (default: the dataset's, e.g. 'an animal')")
+    e.add_argument("--negation", help="concept they do not show, for semantic negation (default: the dataset's)")
+    e.add_argument("--position", default="last", choices=POSITIONS, help="probed position (default: last token)")
+    e.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
+    e.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+    e.add_argument("--storage-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    e.add_argument("--batch-size", type=_positive_int, default=8)
+    e.add_argument("--revision", help="hub revision (branch, tag or commit)")
+
+    q = sub.add_parser("probe", help="fit per-layer probes on the anchor, score every variant, write a CSV",
+                       description="Fit one linear probe per layer on the anchor question's states of the training "
+                       "images, freeze it, and score it on the held-out images under every variant. The CSV has "
+                       "columns layer, variant, family, accuracy, ci_low, ci_high (95%% bootstrap), "
+                       "control_accuracy (shuffled labels), chance, n_train, n_test.")
+    q.add_argument("store", help="a store directory written by `probekit extract`")
+    q.add_argument("--out", required=True, help="CSV file to write")
+    q.add_argument("--test-size", type=float, default=0.3, help="held-out fraction of images (default 0.3)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic probes (default 1.0)")
+    q.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples for the intervals")
+    return p
+
+
+def _extract(a) -> int:
+    from .data import get_dataset
+    from .extract import extract
+    from .models import load_model
+    from .prompts import load_variants
+
+    data = get_dataset(a.dataset, a.data_root, n_per_class=a.n_per_class, seed=a.seed, concept=a.concept,
+                       negation=a.negation)
+    variants = load_variants(a.variants, concept=data.concept, negation=data.negation, families=a.families)
+    lm = load_model(a.model, dtype=a.dtype, device=a.device, revision=a.revision)
+    store = extract(lm, data, variants, a.out, position=a.position, batch_size=a.batch_size,
+                    storage_dtype=a.storage_dtype)
+    print(f"wrote {store.root} ({len(data)} images x {len(variants)} variants x {store.n_layers} layers)")
+    return 0
+
+
+def _probe(a) -> int:
+    from pathlib import Path
+
+    from .probes import probe_store
+    from .store import ActivationStore
+
+    if not 0 < a.test_size < 1:
+        raise ProbekitError(f"--test-size must be between 0 and 1, got {a.test_size}")
+    df = probe_store(ActivationStore.open(a.store), test_size=a.test_size, seed=a.seed, C=a.C, n_boot=a.n_boot)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)
+    best = df[df.variant == "anchor"].sort_values("accuracy").iloc[-1] if (df.variant == "anchor").any() else None
+    msg = f"wrote {out} ({len(df)} rows)"
+    if best is not None:
+        msg += f"; best anchor layer {int(best.layer)}: accuracy {best.accuracy:.3f}"
+    print(msg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"extract": _extract, "probe": _probe}[args.command](args)
+    except ProbekitError as e:
+        print(f"probekit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("probekit: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Loading multimodal LLMs: one entry point for hub ids, local directories and probekit's organisms.
+
+    lm = load_model("llava-hf/llava-1.5-7b-hf", dtype="auto", device="auto")
+    lm = load_model("/models/my-qwen2-vl")        # a save_pretrained directory
+    lm = load_model("llava-organism")             # a model organism shipped with probekit
+
+Supported classes (one small adapter each): see :data:`SUPPORTED`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+from .base import Adapter
+from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
+from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+
+ADAPTERS: dict[str, Adapter] = {
+    arch: cls() for cls in (LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter) for arch in cls.architectures
+}
+SUPPORTED = tuple(ADAPTERS)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """A model, its processor and its family adapter, plus what identifies the weights."""
+
+    model: torch.nn.Module
+    processor: object
+    adapter: Adapter
+    model_id: str
+    path: str
+    revision: str | None
+    weights_sha256: str | None
+    dtype: torch.dtype
+    device: torch.device
+    info: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def text_config(self):
+        return self.adapter.text_config(self.model.config)
+
+    @property
+    def num_layers(self) -> int:
+        """Decoder blocks L; extraction returns L+1 states (0 = embedding output)."""
+        return int(self.text_config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.text_config.hidden_size)
+
+    @property
+    def image_token_id(self) -> int:
+        return self.adapter.image_token_id(self.model.config, self.processor)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def identity(self) -> dict:
+        """What identifies these weights for caching."""
+        import transformers
+
+        return {"model_id": self.model_id, "revision": self.revision, "weights_sha256": self.weights_sha256,
+                "architecture": type(self.model).__name__, "transformers": transformers.__version__,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """``auto``: bfloat16 (or float16) on a GPU, float32 on the CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device is not None and device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith(("/", "./", "../", "~")) or s.endswith("/") or s.count("/") > 1 or os.sep != "/" and os.sep in s
+
+
+def resolve_model_path(model_id: str) -> str:
+    """A local directory for local ids and organism names; the id itself for hub ids."""
+    p = Path(model_id).expanduser()
+    if p.is_dir():
+        return str(p)
+    from ..organisms import organism_path  # organisms register by name
+
+    org = organism_path(model_id)
+    if org is not None:
+        return str(org)
+    if p.exists():
+        raise ModelLoadError(f"{model_id!r} is a file; pass the directory that save_pretrained wrote")
+    if _looks_like_path(model_id):
+        raise ModelLoadError(
+            f"local model directory {model_id!r} does not exist; check the path (a save_pretrained directory) "
+            "or pass a hub id such as llava-hf/llava-1.5-7b-hf"
+        )
+    return model_id
+
+
+_HASH_CACHE = Path(os.environ.get("PROBEKIT_CACHE", Path.home() / ".cache" / "probekit")) / "weights-sha256.json"
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 over the weight files of a local checkpoint (cached by path, size and mtime)."""
+    path = Path(path)
+    files = sorted(f for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+    try:
+        cache = json.loads(_HASH_CACHE.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    h = hashlib.sha256()
+    changed = False
+    for f in files:
+        st = f.stat()
+        ck = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if ck not in cache:
+            fh = hashlib.sha256()
+            with open(f, "rb") as fp:
+                for chunk in iter(lambda: fp.read(1 << 24), b""):
+                    fh.update(chunk)
+            cache[ck] = fh.hexdigest()
+            changed = True
+        h.update(f.name.encode() + b"\0" + cache[ck].encode())
+    if changed:
+        try:
+            _HASH_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _HASH_CACHE.with_name(f".{_HASH_CACHE.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, _HASH_CACHE)
+        except OSError:
+            pass
+    return h.hexdigest()
+
+
+def load_model(model_id: str, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
+               revision: str | None = None, cache_dir: str | None = None) -> LoadedModel:
+    """Load a supported multimodal LLM and its processor from a hub id, a local directory or an organism name."""
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    path = resolve_model_path(str(model_id))
+    local = Path(path).is_dir()
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    kw = {"revision": revision, "cache_dir": cache_dir}
+    try:
+        config = AutoConfig.from_pretrained(path, **kw)
+    except (OSError, ValueError) as e:
+        where = "the local directory" if local else "the Hugging Face hub (or its local cache)"
+        raise ModelLoadError(
+            f"cannot load model {model_id!r} from {where}: {str(e).splitlines()[0]}\n"
+            "check the hub id (e.g. llava-hf/llava-1.5-7b-hf) and your network, or pass a local directory "
+            "written by save_pretrained"
+        ) from None
+    arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    adapter = ADAPTERS.get(arch)
+    if adapter is None:
+        raise ModelLoadError(
+            f"model {model_id!r} is a {arch}, which probekit does not support; supported: {', '.join(SUPPORTED)}"
+        )
+    try:
+        processor = AutoProcessor.from_pretrained(path, **kw)
+    except (OSError, ValueError, ImportError) as e:
+        raise ModelLoadError(f"cannot load the processor of {model_id!r}: {str(e).splitlines()[0]}") from None
+    check_processor(processor, model_id)
+    model = getattr(transformers, arch).from_pretrained(path, dtype=torch_dtype, **kw).to(dev).eval()
+    tok = processor.tokenizer
+    token_id = adapter.image_token_id(config, processor)
+    if tok.convert_ids_to_tokens(token_id) is None or token_id >= model.get_input_embeddings().num_embeddings:
+        raise ModelLoadError(f"{model_id!r}: the config's image token id {token_id} is not in the tokenizer's vocabulary")
+    return LoadedModel(
+        model=model, processor=processor, adapter=adapter, model_id=str(model_id), path=path,
+        revision=None if local else (getattr(config, "_commit_hash", None) or revision),
+        weights_sha256=weights_sha256(path) if local else None, dtype=torch_dtype, device=dev,
+    )
+
+
+def check_processor(processor, model_id: str) -> None:
+    """A processor that can template an image + question: it needs a chat template and an image token."""
+    if not getattr(processor, "chat_template", None):
+        raise ModelLoadError(
+            f"the processor of {model_id!r} has no chat template; probekit templates prompts exactly as the model "
+            "was trained, so add one (processor.chat_template = ...; processor.save_pretrained(dir))"
+        )
+    if not getattr(processor, "image_token", None) or getattr(processor, "tokenizer", None) is None:
+        raise ModelLoadError(
+            f"the processor of {model_id!r} has no image token; use the model's own multimodal processor "
+            "(AutoProcessor), not a bare tokenizer"
+        )
+
+
+__all__ = ["ADAPTERS", "SUPPORTED", "LoadedModel", "load_model", "resolve_device", "resolve_dtype", "weights_sha256"]

@@ -1,0 +1,297 @@
+"""The activation store: per-layer states of images x prompt variants, on disk, resumable.
+
+Format (``probekit-store/1``), one directory::
+
+    manifest.json            what the store holds and the cache key it was written for (deterministic
+                             content: two processes writing the same store write the same bytes)
+    shard-00000.safetensors  images [start, stop) of the dataset, one tensor per variant and quantity:
+        hidden/<variant>     [n, L+1, d]  state at the probed position; layer 0 = embedding output,
+                                           1..L = decoder blocks (HF ``hidden_states``)
+        first_token/<variant> [n] int64   the model's greedy next token at the answer position
+        margin/<variant>     [n] float32  logit(expected answer) - logit(the other answer)
+      header metadata: key_sha256, start, stop, first-token texts (JSON)
+
+Writes are atomic (temporary file + ``os.replace``), so a shard file either exists whole or not at all; a
+run killed at any moment and run again computes only the missing shards. A store is never mixed across
+cache keys: opening it for a different key raises :class:`StoreError` naming what differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import StoreError
+from .prompts import Variant
+
+FORMAT = "probekit-store/1"
+MANIFEST = "manifest.json"
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def key_sha256(key: Mapping) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    with open(root / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            show = lambda v: (repr(v)[:77] + "...") if len(repr(v)) > 80 else repr(v)  # noqa: E731
+            out.append(f"{prefix}{k}: store has {show(a)}, requested {show(b)}")
+    return out
+
+
+@dataclass
+class ActivationStore:
+    """Reader (and, through :meth:`create`, writer) of one store directory."""
+
+    root: Path
+    manifest: dict
+
+    # ---- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | Path) -> "ActivationStore":
+        root = Path(root)
+        mpath = root / MANIFEST
+        if not mpath.is_file():
+            raise StoreError(f"{str(root)!r} is not an activation store (no {MANIFEST}); run `probekit extract` first")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{str(mpath)!r} is damaged ({e}); delete the store directory and extract again") from None
+        if manifest.get("format") != FORMAT:
+            raise StoreError(f"{str(root)!r} has format {manifest.get('format')!r}, this probekit reads {FORMAT!r}")
+        return cls(root, manifest)
+
+    @classmethod
+    def create(cls, root: str | Path, *, key: Mapping, variants: Sequence[Variant], n_items: int, ids: Sequence[str],
+               labels: Sequence[int], classes: Sequence[str], n_layers: int, hidden_size: int,
+               storage_dtype: str = "float32", shard_size: int = 64, extra: Mapping | None = None) -> "ActivationStore":
+        """Create the store, or re-open it when it was made for the same key (resume).
+
+        A store made for another key raises StoreError listing the differences (never mixed).
+        """
+        if storage_dtype not in STORAGE_DTYPES:
+            raise StoreError(f"unknown storage dtype {storage_dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"store path {str(root)!r} is a file; pass a directory path")
+        root.mkdir(parents=True, exist_ok=True)
+        key = json.loads(json.dumps(dict(key)))
+        manifest = {
+            "format": FORMAT,
+            "key": key,
+            "key_sha256": key_sha256(key),
+            "variants": [v.to_dict() for v in variants],
+            "n_items": int(n_items),
+            "ids": list(ids),
+            "labels": [int(y) for y in labels],
+            "classes": list(classes),
+            "n_layers": int(n_layers),
+            "hidden_size": int(hidden_size),
+            "storage_dtype": storage_dtype,
+            "shard_size": int(shard_size),
+            "extra": dict(extra or {}),
+        }
+        with _locked(root):
+            mpath = root / MANIFEST
+            if mpath.is_file():
+                old = cls.open(root).manifest
+                if old["key_sha256"] != manifest["key_sha256"] or old["shard_size"] != shard_size:
+                    diffs = _diff(old["key"], key) or [f"shard_size: store has {old['shard_size']}, requested {shard_size}"]
+                    raise StoreError(
+                        f"the store at {str(root)!r} was written for different settings, so it is not reused:\n  "
+                        + "\n  ".join(diffs)
+                        + "\nuse another output directory, or delete this one to recompute"
+                    )
+            else:
+                atomic_write_bytes(mpath, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        store = cls(root, manifest)
+        store.clean_stale_temporaries()
+        return store
+
+    # ---- layout ----------------------------------------------------------------------------------
+    @property
+    def variants(self) -> list[Variant]:
+        return [Variant(**{**v, "answers": tuple(v["answers"])}) for v in self.manifest["variants"]]
+
+    @property
+    def variant_names(self) -> list[str]:
+        return [v["name"] for v in self.manifest["variants"]]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.manifest["labels"], dtype=np.int64)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.manifest["ids"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def n_layers(self) -> int:
+        """Number of stored layers (L+1: the embedding output and every decoder block)."""
+        return int(self.manifest["n_layers"])
+
+    @property
+    def key(self) -> dict:
+        return self.manifest["key"]
+
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        n, s = self.manifest["n_items"], self.manifest["shard_size"]
+        return [(i, min(i + s, n)) for i in range(0, n, s)]
+
+    def shard_path(self, index: int) -> Path:
+        return self.root / f"shard-{index:05d}.safetensors"
+
+    def missing_shards(self) -> list[int]:
+        return [i for i in range(len(self.shard_ranges())) if not self._shard_ok(i)]
+
+    def is_complete(self) -> bool:
+        return not self.missing_shards()
+
+    def _shard_ok(self, i: int) -> bool:
+        p = self.shard_path(i)
+        if not p.is_file():
+            return False
+        try:
+            with safe_open(p, framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception:  # a damaged shard is treated as missing and recomputed
+            return False
+        return meta.get("key_sha256") == self.manifest["key_sha256"] and (
+            int(meta.get("start", -1)), int(meta.get("stop", -1))) == self.shard_ranges()[i]
+
+    def clean_stale_temporaries(self) -> None:
+        for p in self.root.glob(".*.tmp-*"):
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                p.unlink(missing_ok=True)
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def write_shard(self, index: int, hidden: Mapping[str, torch.Tensor], first_token: Mapping[str, torch.Tensor],
+                    margin: Mapping[str, torch.Tensor], first_token_text: Mapping[str, list[str]]) -> None:
+        """Write shard ``index`` atomically. Each mapping is keyed by variant name."""
+        start, stop = self.shard_ranges()[index]
+        n, names = stop - start, self.variant_names
+        if set(hidden) != set(names):
+            raise StoreError(f"shard {index}: variants {sorted(hidden)} do not match the store's {sorted(names)}")
+        dtype = STORAGE_DTYPES[self.manifest["storage_dtype"]]
+        tensors = {}
+        for v in names:
+            h = hidden[v]
+            want = (n, self.n_layers, self.manifest["hidden_size"])
+            if tuple(h.shape) != want:
+                raise StoreError(f"shard {index}, variant {v!r}: hidden has shape {tuple(h.shape)}, expected {want}")
+            tensors[f"hidden/{v}"] = h.detach().to("cpu", dtype).contiguous()
+            tensors[f"first_token/{v}"] = first_token[v].detach().to("cpu", torch.int64).contiguous()
+            tensors[f"margin/{v}"] = margin[v].detach().to("cpu", torch.float32).contiguous()
+        meta = {"key_sha256": self.manifest["key_sha256"], "start": str(start), "stop": str(stop),
+                "first_token_text": json.dumps({v: list(first_token_text[v]) for v in names})}
+        path = self.shard_path(index)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file(tensors, str(tmp), metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def _require_complete(self) -> None:
+        missing = self.missing_shards()
+        if missing:
+            raise StoreError(
+                f"the store at {str(self.root)!r} is incomplete ({len(missing)} of {len(self.shard_ranges())} shards "
+                "missing); re-run the same `probekit extract` command to finish it"
+            )
+
+    def _variant(self, variant: str | Variant) -> str:
+        name = variant.name if isinstance(variant, Variant) else variant
+        if name not in self.variant_names:
+            raise StoreError(f"unknown variant {name!r}; the store has {', '.join(self.variant_names)}")
+        return name
+
+    def _layer(self, layer: int) -> int:
+        L = self.n_layers
+        if not isinstance(layer, (int, np.integer)) or not -L <= layer < L:
+            raise StoreError(f"layer {layer!r} is out of range: the store holds layers 0..{L - 1} (0 = embedding output)")
+        return int(layer) % L
+
+    def features(self, variant: str | Variant, layer: int | None = None) -> np.ndarray:
+        """float32 array [n, d] for one layer, or [n, L+1, d] for all layers, of one variant."""
+        self._require_complete()
+        name = self._variant(variant)
+        li = None if layer is None else self._layer(layer)
+        parts = []
+        for i in range(len(self.shard_ranges())):
+            with safe_open(self.shard_path(i), framework="pt") as f:
+                sl = f.get_slice(f"hidden/{name}")
+                t = sl[:, li, :] if li is not None else sl[:]
+                parts.append(t.to(torch.float32).numpy())
+        return np.concatenate(parts, axis=0)
+
+    def answers(self) -> "pandas.DataFrame":  # noqa: F821
+        """One row per (image, variant): id, label, class, variant, family, expected, first_token, margin, correct."""
+        import pandas as pd
+
+        self._require_complete()
+        rows = []
+        variants = {v.name: v for v in self.variants}
+        ids, labels, classes = self.ids, self.labels, self.classes
+        for i, (start, _) in enumerate(self.shard_ranges()):
+            with safe_open(self.shard_path(i), framework="pt") as f:
+                texts = json.loads(f.metadata()["first_token_text"])
+                for name, v in variants.items():
+                    margin = f.get_tensor(f"margin/{name}").numpy()
+                    for j, (m, t) in enumerate(zip(margin, texts[name])):
+                        k = start + j
+                        rows.append({"id": ids[k], "label": int(labels[k]), "class": classes[labels[k]],
+                                     "variant": name, "family": v.family, "expected": v.expected,
+                                     "first_token": t, "margin": float(m), "correct": bool(m > 0)})
+        return pd.DataFrame(rows)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from probekit.errors import StoreError
+from probekit.prompts import paper_a_variants
+from probekit.store import ActivationStore
+
+VARIANTS = paper_a_variants()
+N, L, D = 10, 4, 6
+
+
+def make(root, key=None, storage_dtype="float32", shard_size=4):
+    return ActivationStore.create(root, key=key or {"model": "m", "x": 1}, variants=VARIANTS, n_items=N,
+                                  ids=[f"i{i}" for i in range(N)], labels=[i % 3 for i in range(N)],
+                                  classes=["a", "b", "c"], n_layers=L, hidden_size=D,
+                                  storage_dtype=storage_dtype, shard_size=shard_size)
+
+
+def fill(store, data, only=None):
+    for s, (a, b) in enumerate(store.shard_ranges()):
+        if only is not None and s not in only:
+            continue
+        names = store.variant_names
+        store.write_shard(s, hidden={v: data[a:b, j] for j, v in enumerate(names)},
+                          first_token={v: torch.arange(a, b) for v in names},
+                          margin={v: torch.linspace(-1, 1, b - a) for v in names},
+                          first_token_text={v: ["yes"] * (b - a) for v in names})
+
+
+def rand():
+    return torch.randn(N, len(VARIANTS), L, D, generator=torch.Generator().manual_seed(0))
+
+
+def test_round_trip_is_exact(tmp_path):
+    data = rand()
+    store = make(tmp_path / "s")
+    assert store.missing_shards() == [0, 1, 2]
+    fill(store, data)
+    again = ActivationStore.open(tmp_path / "s")
+    assert again.is_complete()
+    for j, v in enumerate(again.variant_names):
+        np.testing.assert_array_equal(again.features(v), data[:, j].numpy())
+        np.testing.assert_array_equal(again.features(v, 2), data[:, j, 2].numpy())
+    np.testing.assert_array_equal(again.labels, [i % 3 for i in range(N)])
+    ans = again.answers()
+    assert len(ans) == N * len(VARIANTS) and set(ans.columns) >= {"variant", "family", "margin", "correct"}
+
+
+def test_half_precision_storage_round_trips_at_that_precision(tmp_path):
+    data = rand()
+    store = make(tmp_path / "s", storage_dtype="float16")
+    fill(store, data)
+    got = store.features("anchor")
+    np.testing.assert_array_equal(got, data[:, 0].half().float().numpy())
+    with safe_open(store.shard_path(0), framework="pt") as f:
+        assert f.get_slice("hidden/anchor").get_dtype() == "F16"
+        assert f.get_slice("margin/anchor").get_dtype() == "F32"
+
+
+def test_resume_after_crash_computes_only_missing_and_matches(tmp_path):
+    data = rand()
+    store = make(tmp_path / "s")
+    fill(store, data, only={0, 2})
+    # a crash while writing shard 1 leaves a temporary file of a dead process
+    (tmp_path / "s" / ".shard-00001.safetensors.tmp-999999").write_bytes(b"partial")
+    resumed = make(tmp_path / "s")
+    assert resumed.missing_shards() == [1]
+    assert not list((tmp_path / "s").glob(".*tmp-999999"))
+    with pytest.raises(StoreError, match="incomplete"):
+        resumed.features("anchor")
+    fill(resumed, data, only={1})
+    full = make(tmp_path / "full")
+    fill(full, data)
+    for v in full.variant_names:
+        np.testing.assert_array_equal(resumed.features(v), full.features(v))
+
+
+def test_damaged_shard_counts_as_missing(tmp_path):
+    store = make(tmp_path / "s")
+    fill(store, rand())
+    store.shard_path(1).write_bytes(store.shard_path(1).read_bytes()[:100])
+    assert store.missing_shards() == [1]
+
+
+def test_other_key_is_never_mixed(tmp_path):
+    make(tmp_path / "s", key={"model": "m", "x": 1})
+    with pytest.raises(StoreError) as e:
+        make(tmp_path / "s", key={"model": "other", "x": 1})
+    assert "model: store has 'm', requested 'other'" in str(e.value)
+    store = make(tmp_path / "s")
+    fill(store, rand(), only={0})
+    # a shard written for another key (copied in by hand) is not taken as done
+    other = make(tmp_path / "o", key={"model": "z"})
+    fill(other, rand(), only={1})
+    store.shard_path(1).write_bytes(other.shard_path(1).read_bytes())
+    assert store.missing_shards() == [1, 2]
+
+
+def test_manifest_is_deterministic_and_reader_checks(tmp_path):
+    a, b = make(tmp_path / "a"), make(tmp_path / "b")
+    assert (a.root / "manifest.json").read_bytes() == (b.root / "manifest.json").read_bytes()
+    assert json.loads((a.root / "manifest.json").read_text())["format"] == "probekit-store/1"
+    fill(a, rand())
+    with pytest.raises(StoreError, match="layers 0..3"):
+        a.features("anchor", 7)
+    with pytest.raises(StoreError, match="unknown variant 'nope'"):
+        a.features("nope")
+    with pytest.raises(StoreError, match="not an activation store"):
+        ActivationStore.open(tmp_path / "missing")
