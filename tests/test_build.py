@@ -166,3 +166,15 @@ def test_bad_arguments_raise(tmp_path):
         build_tiny("blip2", tmp_path)
     with pytest.raises(TypeError):
         build_tiny("llava", tmp_path, hiden=64)
+    with pytest.raises(ValueError):  # llava-next's any-res packing needs CLIP's CLS dropped
+        build_tiny("llava_next", tmp_path, vision_feature_select_strategy="full")
+
+
+def test_llava_full_strategy_keeps_cls(tmp_path):
+    path = build_tiny("llava", tmp_path, vision_feature_select_strategy="full", **BUILD_KW)
+    processor, model = AutoProcessor.from_pretrained(path), MODEL_CLASSES["llava"].from_pretrained(path)
+    text = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=text, images=Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE)), return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == EXPECTED_IMAGE_TOKENS["llava"] + 1
+    with torch.no_grad():
+        model(**inputs)  # raises if image tokens and image features disagree

@@ -110,9 +110,13 @@ _QWEN_TEMPLATE = (
 )
 
 
-def _check_family(family: str) -> None:
+def _check_family(family: str, vision_feature_select_strategy: str = "default") -> None:
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if vision_feature_select_strategy not in ("default", "full") or (
+        family == "llava_next" and vision_feature_select_strategy != "default"
+    ):  # llava-next's any-res packing only works once CLIP's CLS token is dropped
+        raise ValueError(f"vision_feature_select_strategy {vision_feature_select_strategy!r} is not supported for {family}")
 
 
 def train_tokenizer(
@@ -220,7 +224,7 @@ def make_processor(
     qwen: ``min_pixels = max_pixels = image_size**2`` by default, so an image_size x image_size image
     gives (image_size/patch_size/merge_size)**2 tokens (other shapes keep ~the same pixel count).
     """
-    _check_family(family)
+    _check_family(family, vision_feature_select_strategy)
     template = chat_template(family)
     if family in LLAVA_FAMILIES:
         image_kw = dict(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
@@ -288,7 +292,7 @@ def make_config(
     image_grid_pinpoints: list[list[int]] | None = None,
 ):
     """The family's real config class for a random-weight model of the given sizes."""
-    _check_family(family)
+    _check_family(family, vision_feature_select_strategy)
     vision_heads = vision_heads or heads
     vision_intermediate = vision_intermediate or 2 * vision_hidden
     text = dict(
