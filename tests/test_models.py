@@ -1,0 +1,95 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import ARCHITECTURES, FAMILIES, TEXT_LAYERS
+from probekit.errors import ModelLoadError
+from probekit.extract import forward_batch, template
+from probekit.models import SUPPORTED, load_model
+from probekit.prompts import paper_a_variants
+
+ANCHOR = paper_a_variants()[0].text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loads_through_the_public_path(family, tiny_models):
+    lm = tiny_models[family]
+    assert type(lm.model).__name__ == ARCHITECTURES[family]
+    assert lm.num_layers == TEXT_LAYERS
+    assert lm.adapter.family == family
+    assert lm.weights_sha256 and len(lm.weights_sha256) == 64
+    assert lm.identity()["transformers"].startswith("5.")
+    assert lm.tokenizer.convert_ids_to_tokens(lm.image_token_id) == lm.processor.image_token
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_count_and_last_token_is_end_of_templated_prompt(family, tiny_models, fashion):
+    lm = tiny_models[family]
+    prompt = template(lm, ANCHOR)
+    assert prompt.count(lm.processor.image_token) == 1 and ANCHOR in prompt
+    assert not prompt.rstrip().endswith(ANCHOR)  # the generation prompt follows the question
+    image = fashion[0][0]
+    r = forward_batch(lm, [prompt], [image], position="last")
+    assert r["hidden"].shape == (1, TEXT_LAYERS + 1, lm.hidden_size)
+    # reference: one plain forward of the templated prompt, state at its final position
+    inputs = lm.processor(text=[prompt], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        out = lm.model(**inputs, output_hidden_states=True)
+    assert len(out.hidden_states) == TEXT_LAYERS + 1
+    ref = torch.stack([h[0, -1] for h in out.hidden_states])
+    torch.testing.assert_close(r["hidden"][0], ref, atol=1e-5, rtol=0)
+    assert int(r["first_token"][0]) == int(out.logits[0, -1].argmax())
+    # the image-mean rule averages exactly the image-token positions
+    m = forward_batch(lm, [prompt], [image], position="image_mean")["hidden"][0]
+    is_img = inputs["input_ids"][0] == lm.image_token_id
+    torch.testing.assert_close(m, torch.stack([h[0, is_img].mean(0) for h in out.hidden_states]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_equals_unbatched(family, tiny_models, fashion):
+    lm = tiny_models[family]
+    vs = paper_a_variants()
+    prompts = [template(lm, v.text) for v in vs]
+    images = [fashion[i][0] for i in range(len(vs))]
+    if family.startswith("qwen"):  # a non-square image gives another token count: unequal lengths in one batch
+        images[1] = images[1].resize((28, 56))
+    batched = forward_batch(lm, prompts, images)["hidden"]
+    for i in range(len(vs)):
+        single = forward_batch(lm, prompts[i : i + 1], images[i : i + 1])["hidden"][0]
+        torch.testing.assert_close(batched[i], single, atol=1e-5, rtol=0)
+
+
+def test_unsupported_architecture_lists_the_supported(tiny_dirs, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_dirs["llava"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["IdeficsForVisionText2Text"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError) as e:
+        load_model(str(d))
+    assert "IdeficsForVisionText2Text" in str(e.value)
+    for arch in SUPPORTED:
+        assert arch in str(e.value)
+
+
+def test_mistyped_local_path_and_unknown_hub_id():
+    with pytest.raises(ModelLoadError, match="local model directory './no/such/model' does not exist"):
+        load_model("./no/such/model")
+    with pytest.raises(ModelLoadError, match="cannot load model 'nobody/no-such-model'"):
+        load_model("nobody/no-such-model")
+
+
+def test_processor_without_chat_template_is_refused(tiny_dirs, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_dirs["llava"], d)
+    for f in d.glob("*.jinja"):
+        f.unlink()
+    for f in d.glob("*.json"):
+        data = json.loads(f.read_text())
+        if isinstance(data, dict) and "chat_template" in data:
+            del data["chat_template"]
+            f.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="no chat template"):
+        load_model(str(d))
