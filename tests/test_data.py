@@ -71,3 +71,54 @@ def test_imagenet_dogs_restricts_to_the_120_breeds(tmp_path):
     assert ds.concept == "an animal" and ds.negation == "a plane"
     with pytest.raises(DataError, match="unknown dataset 'dogs'"):
         get_dataset("dogs")
+
+
+# ---- bad image files (issue 7, case 5) -------------------------------------------------------------
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+from probekit.data import load_image  # noqa: E402
+
+
+def png_claiming_size(path, w, h):
+    """A valid small PNG whose header claims w x h (decoding would need w*h bytes)."""
+    Image.new("L", (4, 4)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = 8 + 8  # signature, then length+type of IHDR
+    data[ihdr : ihdr + 8] = struct.pack(">II", w, h)
+    crc = zlib.crc32(bytes(data[12 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+
+
+def test_bad_image_files_each_get_one_clear_error(tmp_path):
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    huge = tmp_path / "huge.png"
+    png_claiming_size(huge, 20000, 20000)
+    cases = {tmp_path / "missing.png": "does not exist", truncated: "truncated", text: "not an image",
+             huge: "20000x20000"}
+    for path, words in cases.items():
+        with pytest.raises(DataError) as e:
+            load_image(path)
+        assert str(path) in str(e.value) and words in str(e.value)
+
+
+def test_unusual_modes_become_faithful_rgb(tmp_path):
+    a16 = np.full((4, 4), 40000, dtype=np.uint16)  # 16-bit grey, ~61 % of full scale
+    Image.fromarray(a16).save(tmp_path / "g16.png")
+    im = load_image(tmp_path / "g16.png")
+    assert im.mode == "RGB" and im.getpixel((0, 0)) == (156, 156, 156)  # scaled, not clipped to 255
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    r, g, b = load_image(tmp_path / "cmyk.jpg").getpixel((0, 0))
+    assert r > 200 and g < 60 and b < 60  # cyan=0, magenta=yellow=full: red
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    assert load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
+    p = Image.new("P", (4, 4), 0)
+    p.putpalette([0, 0, 0] * 256)
+    p.save(tmp_path / "pal.png", transparency=0)
+    assert load_image(tmp_path / "pal.png").getpixel((0, 0)) == (255, 255, 255)

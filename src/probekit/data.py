@@ -9,9 +9,11 @@ enters the activation store's cache key. Images are returned as RGB ``PIL.Image`
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,14 +33,66 @@ FASHION_MNIST_CLASSES = (
 DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB; an unreadable file raises DataError naming it."""
+MAX_IMAGE_PIXELS = int(os.environ.get("PROBEKIT_MAX_IMAGE_PIXELS", 64_000_000))
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB for any PIL mode: 16/32-bit and float images are rescaled to 8 bits (not clipped); transparency
+    (alpha channels, palette transparency) is composited onto white; CMYK/YCbCr/L/P convert as usual."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16") or (im.mode == "I" and a.min() >= 0 and a.max() <= 65535):
+            a = a / 257.0
+        else:  # 32-bit integer or float data of unknown range: stretch to 0..255
+            lo, hi = float(a.min()), float(a.max())
+            a = (a - lo) / (hi - lo or 1.0) * 255.0
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+@contextlib.contextmanager
+def _own_size_limit():
+    """PIL's decompression-bomb check replaced by probekit's (clearer) one while a file is opened."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as im:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """Open an image file as RGB (see :func:`to_rgb`); any file that can't be used raises one DataError
+    naming it and the fix: missing, truncated, not an image, or larger than ``max_pixels``
+    (default ``PROBEKIT_MAX_IMAGE_PIXELS`` = 64 Mpx; decoding such a file would take gigabytes)."""
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file {str(path)!r} does not exist; restore it or remove it from the dataset")
+    try:
+        with _own_size_limit(), Image.open(path) as im:
+            w, h = im.size
+            if w * h > limit:
+                raise DataError(
+                    f"image file {str(path)!r} is {w}x{h} ({w * h / 1e6:.0f} Mpx), above the limit of "
+                    f"{limit / 1e6:.0f} Mpx; downscale it (models resize to a few hundred pixels anyway) or "
+                    "raise PROBEKIT_MAX_IMAGE_PIXELS"
+                )
             im.load()
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image file {str(path)!r} ({e}); remove or replace it") from None
+            return to_rgb(im)
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(
+            f"cannot read image file {str(path)!r} ({type(e).__name__}: {e}); it is truncated or not an image: "
+            "replace or remove it"
+        ) from None
 
 
 @dataclass
