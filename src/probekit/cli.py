@@ -3,6 +3,7 @@
     probekit extract --model llava-hf/llava-1.5-7b-hf --dataset imagenet-dogs --data-root /data/imagenet \\
                      --out acts/llava15 --n-per-class 50
     probekit probe acts/llava15 --out results.csv
+    probekit book                     # the book on the embedded default: book/_build/html
 
 Every user error ends in one line ``probekit: error: ...`` and exit status 2.
 """
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
     e.add_argument("--storage-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     e.add_argument("--batch-size", type=_positive_int, default=8)
+    e.add_argument("--shard-size", type=_positive_int, default=64, help="images per store shard, the unit of resume")
     e.add_argument("--revision", help="hub revision (branch, tag or commit)")
 
     q = sub.add_parser("probe", help="fit per-layer probes on the anchor, score every variant, write a CSV",
@@ -69,7 +71,49 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic probes (default 1.0)")
     q.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples for the intervals")
+    b = sub.add_parser("book", help="execute every chapter with papermill and build the HTML book",
+                       description="Run the chapter notebooks (notebooks/NN_*.ipynb) with papermill on the embedded "
+                       "default model into book/, then build book/_build/html with jupyter-book (execution off). "
+                       "Activations are cached under --cache-dir, so a second build re-uses them.")
+    b.add_argument("--root", help="book root with _config.yml, _toc.yml, notebooks/ (default: found from the cwd)")
+    b.add_argument("--out", help="where the executed notebooks and _build/html go (default: <root>/book)")
+    b.add_argument("--model-id", help="model of chapters 01-03 (default: the notebooks' default, llava-organism)")
+    b.add_argument("--model-ids", help="comma-separated models of chapter 04 (default: the organism family)")
+    b.add_argument("--n-per-class", type=_positive_int, help="images per class (default: the notebooks' default)")
+    b.add_argument("--cache-dir", help="activation cache (default: <root>/.cache/probekit)")
+    b.add_argument("--chapters", nargs="+", help="only these chapters (e.g. 01_setup 02_four_stages)")
+    b.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                   help="any other notebook parameter (VALUE parsed as YAML), e.g. -p drop 0.15")
+    b.add_argument("--no-execute", action="store_true", help="only build the HTML from the executed notebooks in book/")
+    b.add_argument("--no-html", action="store_true", help="only execute the notebooks")
+
+    from .organisms import ORGANISMS
+
+    t = sub.add_parser("train-organism", help="train a model organism (or all) from its seeded recipe",
+                       description="Train a model organism on CPU from real images (Fashion-MNIST, scikit-learn "
+                       "digits) with its recipe, save it with save_pretrained, evaluate it on held-out images and "
+                       f"write its model card. Organisms: {', '.join(ORGANISMS)}; 'all' trains every one.")
+    t.add_argument("name", choices=[*ORGANISMS, "all"], metavar="NAME", help=f"one of {', '.join(ORGANISMS)}, or all")
+    t.add_argument("--out", help="output directory (default ./organisms/NAME; for 'all' the parent directory)")
+    t.add_argument("--seed", type=int, help="override the recipe's seed")
+    t.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     return p
+
+
+def _book(a) -> int:
+    import time
+
+    import yaml
+
+    from .book import build_book
+
+    t = time.perf_counter()
+    params = {k: yaml.safe_load(v) for k, v in a.parameter}
+    html = build_book(a.root, out_dir=a.out, model_id=a.model_id, model_ids=a.model_ids, n_per_class=a.n_per_class,
+                      cache_dir=a.cache_dir, parameters=params, chapters=a.chapters, execute=not a.no_execute,
+                      html=not a.no_html)
+    print(f"wrote {html} in {time.perf_counter() - t:.0f} s")
+    return 0
 
 
 def _extract(a) -> int:
@@ -83,7 +127,7 @@ def _extract(a) -> int:
     variants = load_variants(a.variants, concept=data.concept, negation=data.negation, families=a.families)
     lm = load_model(a.model, dtype=a.dtype, device=a.device, revision=a.revision)
     store = extract(lm, data, variants, a.out, position=a.position, batch_size=a.batch_size,
-                    storage_dtype=a.storage_dtype)
+                    storage_dtype=a.storage_dtype, shard_size=a.shard_size)
     print(f"wrote {store.root} ({len(data)} images x {len(variants)} variants x {store.n_layers} layers)")
     return 0
 
@@ -110,11 +154,23 @@ def _probe(a) -> int:
     return 0
 
 
+def _train_organism(a) -> int:
+    from .organisms import train_all, train_organism
+
+    if a.name == "all":
+        paths = train_all(a.out, seed=a.seed, threads=a.threads)
+    else:
+        paths = [train_organism(a.name, a.out, seed=a.seed, threads=a.threads)]
+    for p in paths:
+        print(f"wrote {p} (model card: {p / 'README.md'})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"extract": _extract, "probe": _probe}[args.command](args)
+        return {"extract": _extract, "probe": _probe, "book": _book, "train-organism": _train_organism}[args.command](args)
     except ProbekitError as e:
         print(f"probekit: error: {e}", file=sys.stderr)
         return 2

@@ -113,13 +113,15 @@ def resolve_model_path(model_id: str) -> str:
     p = Path(model_id).expanduser()
     if p.is_dir():
         return str(p)
-    try:
-        from ..organisms import organism_path  # organisms register by name
-    except ImportError:  # TEMP until organisms land
-        organism_path = lambda name: None  # noqa: E731
+    from ..organisms import ORGANISMS, organism_path  # organisms register by name
 
-    org = organism_path(model_id)
-    if org is not None:
+    if model_id in ORGANISMS:
+        org = organism_path(model_id)
+        if org is None:
+            raise ModelLoadError(
+                f"organism {model_id!r} is not built here; run `probekit train-organism {model_id}` "
+                f"(or pass the directory it was trained into)"
+            )
         return str(org)
     if p.exists():
         raise ModelLoadError(f"{model_id!r} is a file; pass the directory that save_pretrained wrote")
