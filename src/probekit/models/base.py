@@ -34,6 +34,26 @@ class Adapter:
         """The decoder (``model.model.language_model`` in transformers 5)."""
         return model.model.language_model
 
-    def position_ids(self, model, inputs) -> torch.Tensor | None:
-        """Explicit position ids for a forward pass; ``None`` lets the model compute them."""
+    def suffix_position_ids(self, model, prefix_inputs: dict, suffix_ids: torch.Tensor) -> torch.Tensor | None:
+        """Position ids of ``suffix_ids`` [B, S] run on the key/value cache of ``prefix_inputs`` (an unpadded
+        prefix pass). ``None``: the model counts on from the cache length, right for 1-D rotary positions."""
         return None
+
+    def vision_hidden_states(self, model, image_inputs: dict) -> list[torch.Tensor]:
+        """Per image, the vision tower's hidden states ``[V+1, patches, d]`` (0 = patch embeddings, as HF
+        ``hidden_states``), with CLS/register tokens dropped. Default: a ViT called on ``pixel_values``
+        ``[B, 3, H, W]`` (CLIP, SigLIP, DINOv2)."""
+        pv = image_inputs["pixel_values"]
+        return _vit_states(model.model.vision_tower, pv)
+
+
+def _vit_states(tower, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    dtype = next(tower.parameters()).dtype
+    out = tower(pixel_values.to(dtype), output_hidden_states=True)
+    hs = torch.stack(out.hidden_states, dim=1)  # [B, V+1, T, d]
+    cfg = tower.config
+    patch = cfg.patch_size
+    patches = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
+    extra = hs.shape[2] - patches  # CLS (+ register) tokens come first
+    return list(hs[:, :, extra:])
+

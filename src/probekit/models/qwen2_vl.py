@@ -3,8 +3,11 @@
 The processor returns ``image_grid_thw``; the number of image tokens depends on image size. The decoder's
 rotary positions are 3-D (temporal, height, width) for image tokens: the model computes them from
 ``input_ids``, ``image_grid_thw`` and ``attention_mask`` (``model.model.get_rope_index``), so a forward pass on
-a full prompt needs nothing extra.
+a full prompt needs nothing extra. A suffix run on a cached prefix gets its slice of the positions
+``get_rope_index`` computes for the whole prompt (text after an image does not continue at the cache length).
 """
+
+import torch
 
 from .base import Adapter
 
@@ -12,6 +15,28 @@ from .base import Adapter
 class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     architectures = ("Qwen2VLForConditionalGeneration",)
+
+    def suffix_position_ids(self, model, prefix_inputs, suffix_ids):
+        prefix = prefix_inputs["input_ids"]
+        ids = torch.cat([prefix, suffix_ids], 1)
+        mm = prefix_inputs.get("mm_token_type_ids")
+        if mm is None:
+            mm = (prefix == model.config.image_token_id).int()
+        mm = torch.cat([mm, torch.zeros_like(suffix_ids, dtype=mm.dtype)], 1)
+        pos, _ = model.model.get_rope_index(input_ids=ids, mm_token_type_ids=mm,
+                                            image_grid_thw=prefix_inputs.get("image_grid_thw"),
+                                            attention_mask=torch.ones_like(ids))
+        return pos[..., prefix.shape[1]:]
+
+    def vision_hidden_states(self, model, image_inputs):
+        """The vision blocks' states; Qwen's vision tower has no CLS token and takes all images' patches as
+        one flat sequence, split back per image by ``image_grid_thw``."""
+        visual = model.model.visual
+        pv = image_inputs["pixel_values"].to(next(visual.parameters()).dtype)
+        thw = image_inputs["image_grid_thw"]
+        out = visual(pv, grid_thw=thw, output_hidden_states=True)
+        hs = torch.stack(out.hidden_states, dim=0)  # [V+1, sum(t*h*w), d]
+        return list(torch.split(hs, thw.prod(-1).tolist(), dim=1))
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
