@@ -33,7 +33,8 @@ def test_planted_signal_and_shuffled_control():
 def test_estimator_contract_and_determinism():
     X, y = planted()
     p = LayerProbes(C=0.5, seed=3)
-    assert p.get_params() == {"C": 0.5, "max_iter": 2000, "standardize": True, "seed": 3}
+    assert p.get_params() == {"C": 0.5, "max_iter": 2000, "standardize": True, "seed": 3, "solver": "torch",
+                              "tol": 1e-4}
     with pytest.raises(NotFittedError):
         p.predict(X)
     assert p.fit(X, y) is p
@@ -69,3 +70,29 @@ def test_split_needs_two_images_per_class():
         split_items(np.array([], dtype=int))
     tr, te = split_items(np.repeat(np.arange(5), 4), seed=0)
     assert set(np.repeat(np.arange(5), 4)[te]) == set(range(5)) and not set(tr) & set(te)
+
+
+@pytest.mark.parametrize("classes, d", [(4, 20), (2, 20), (5, 400)])  # multinomial, binary, n < d (rotated)
+def test_torch_solver_matches_the_sklearn_loop(classes, d):
+    X, y = planted(classes=classes, d=d)
+    X[:, 1] = X[:, 1] * np.linspace(0.1, 30, d) + 7  # unequal scales: standardisation matters
+    tr, te = split_items(y, test_size=0.3, seed=0)
+    fast = LayerProbes(solver="torch").fit(X[tr], y[tr])
+    ref = LayerProbes(solver="sklearn").fit(X[tr], y[tr])
+    assert np.abs(fast.score(X[te], y[te]) - ref.score(X[te], y[te])).max() <= 0.01
+    np.testing.assert_allclose(fast.predict_proba(X[te]), ref.predict_proba(X[te]), atol=0.02)
+    assert fast.coef_.shape == (3, d, 1 if classes == 2 else classes) and fast.intercept_.shape[0] == 3
+    np.testing.assert_array_equal(fast.predict(X[te]), fast.classes_[fast.predict_proba(X[te]).argmax(-1)])
+
+
+def test_torch_solver_is_deterministic_and_refits_cleanly():
+    X, y = planted(d=50)
+    labels = np.array(["cat", "dog", "eel", "fox"])[y]  # any label type
+    a = LayerProbes().fit(X, labels)
+    b = LayerProbes().fit(X, labels)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    assert set(a.predict(X).ravel()) <= set(labels)
+    a.set_params(solver="sklearn").fit(X, labels)
+    assert not hasattr(a, "coef_") and len(a.probes_) == 3
+    with pytest.raises(ProbekitError, match="unknown solver 'newton'"):
+        LayerProbes(solver="newton").fit(X, y)
