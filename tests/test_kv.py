@@ -32,3 +32,10 @@ def test_image_keys_values_shapes_and_causality(family, tiny_models, fashion):
     # a different image changes them
     (d,) = image_kv(lm, [template(lm, "Does this image show an animal?")], [fashion[5][0]])
     assert not torch.allclose(d["values"][0], a["values"][0], atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_text_prefix_lands_before_the_image(family, tiny_models):
+    lm = tiny_models[family]
+    out = template(lm, "Does this image show an animal?", prefix="Look closely.")
+    assert out.index("Look closely.") < out.index(lm.processor.image_token) < out.index("Does this image show")
