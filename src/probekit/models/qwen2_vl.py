@@ -42,3 +42,21 @@ class Qwen2VLAdapter(Adapter):
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     family = "qwen2_5_vl"
     architectures = ("Qwen2_5_VLForConditionalGeneration",)
+
+    def vision_hidden_states(self, model, image_inputs):
+        """As Qwen2-VL, put back in the processor's patch order: Qwen2.5-VL's tower permutes the patches into
+        attention windows before its first block, and every recorded hidden state is in that window order."""
+        from transformers.vision_utils import get_vision_window_index
+
+        visual = model.model.visual
+        pv = image_inputs["pixel_values"].to(next(visual.parameters()).dtype)
+        thw = image_inputs["image_grid_thw"]
+        out = visual(pv, grid_thw=thw, output_hidden_states=True)
+        hs = torch.stack(out.hidden_states, dim=0)  # [V+1, sum(t*h*w), d], window order
+        cfg = visual.config
+        window_index, _ = get_vision_window_index(thw, cfg.spatial_merge_size, cfg.window_size, cfg.patch_size)
+        unit = cfg.spatial_merge_size**2
+        perm = (window_index[:, None] * unit + torch.arange(unit)).flatten().to(hs.device)
+        natural = torch.empty_like(hs)
+        natural[:, perm] = hs
+        return list(torch.split(natural, thw.prod(-1).tolist(), dim=1))
