@@ -79,3 +79,18 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
     assert not (tmp_path / "s").exists()
     r = subprocess.run([sys.executable, "-m", "probekit.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "extract" in r.stdout and "probe" in r.stdout
+
+
+def test_store_of_another_model_or_dtype_is_not_mixed(tiny_models, tiny_dirs, fashion, tmp_path):
+    from probekit.models import load_model
+
+    vs = paper_a_variants(families=["lexical"])
+    small = fashion.subset(1)
+    ex.extract(tiny_models["llava"], small, vs, tmp_path / "s", progress=False)
+    with pytest.raises(StoreError, match="model.model_id"):
+        ex.extract(tiny_models["llava_next"], small, vs, tmp_path / "s", progress=False)
+    with pytest.raises(StoreError, match="storage_dtype"):
+        ex.extract(tiny_models["llava"], small, vs, tmp_path / "s", storage_dtype="float16", progress=False)
+    bf16 = load_model(str(tiny_dirs["llava"]), dtype="bfloat16", device="cpu")
+    with pytest.raises(StoreError, match="model.dtype: store has 'float32', requested 'bfloat16'"):
+        ex.extract(bf16, small, vs, tmp_path / "s", progress=False)

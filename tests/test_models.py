@@ -93,3 +93,19 @@ def test_processor_without_chat_template_is_refused(tiny_dirs, tmp_path):
             f.write_text(json.dumps(data))
     with pytest.raises(ModelLoadError, match="no chat template"):
         load_model(str(d))
+
+
+def test_processor_without_image_token_is_refused(tiny_dirs, monkeypatch):
+    from transformers import AutoProcessor, AutoTokenizer
+
+    d = tiny_dirs["llava"]
+    bare = AutoTokenizer.from_pretrained(d)  # a common mistake: the tokenizer where the processor belongs
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda *a, **k: bare)
+    with pytest.raises(ModelLoadError, match="no image token"):
+        load_model(str(d))
+    monkeypatch.undo()
+    real = AutoProcessor.from_pretrained(d)
+    real.image_token = "<picture-here>"  # a token its tokenizer does not have
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda *a, **k: real)
+    with pytest.raises(ModelLoadError, match="not a single token"):
+        load_model(str(d))

@@ -212,16 +212,24 @@ def load_model(model_id: str, *, dtype: str | torch.dtype = "auto", device: str 
 
 
 def check_processor(processor, model_id: str) -> None:
-    """A processor that can template an image + question: it needs a chat template and an image token."""
+    """A processor that can template an image + question: it needs an image token and a chat template."""
+    tok = getattr(processor, "tokenizer", None)
+    image_token = getattr(processor, "image_token", None)
+    if tok is None or not image_token:
+        raise ModelLoadError(
+            f"the processor of {model_id!r} has no image token; use the model's own multimodal processor "
+            "(AutoProcessor), not a bare tokenizer"
+        )
+    ids = tok.encode(image_token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ModelLoadError(
+            f"the processor of {model_id!r}: its image token {image_token!r} is not a single token of its tokenizer "
+            f"(it splits into {len(ids)}); add it as a special token (tokenizer.add_special_tokens) and save again"
+        )
     if not getattr(processor, "chat_template", None):
         raise ModelLoadError(
             f"the processor of {model_id!r} has no chat template; probekit templates prompts exactly as the model "
             "was trained, so add one (processor.chat_template = ...; processor.save_pretrained(dir))"
-        )
-    if not getattr(processor, "image_token", None) or getattr(processor, "tokenizer", None) is None:
-        raise ModelLoadError(
-            f"the processor of {model_id!r} has no image token; use the model's own multimodal processor "
-            "(AutoProcessor), not a bare tokenizer"
         )
 
 
