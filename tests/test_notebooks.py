@@ -1,0 +1,103 @@
+"""The chapter notebooks: papermill runs each with small parameters on tiny random-weight models saved to
+disk (a re-run with models other than the default), then nbval re-executes the executed notebook in a fresh
+kernel and compares every output — the tables and charts that carry results included — with altair's random
+div ids sanitized (tests/nbval_sanitize.cfg)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
+CHAPTERS = ("01_setup", "02_four_stages", "03_decision_vs_format", "04_architecture_comparison")
+RECORD = "application/vnd.probekit.record+json"
+REQUIRED = ("model_id", "dataset", "data_root", "n_per_class", "variants", "device", "dtype", "cache_dir", "seed")
+
+pytestmark = pytest.mark.slow
+
+
+def run_papermill(name, out_dir, params):
+    import papermill as pm
+
+    out = Path(out_dir) / f"{name}.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=params, cwd=str(ROOT),
+                        progress_bar=False, log_output=False, kernel_name="python3")
+    return out
+
+
+def small_params(name, tiny_dirs, cache):
+    p = {"n_per_class": 3, "cache_dir": str(cache), "seed": 0}
+    if name == "04_architecture_comparison":
+        p["model_ids"] = [str(tiny_dirs["llava"]), str(tiny_dirs["qwen2_vl"])]
+    else:
+        p["model_id"] = str(tiny_dirs["llava"])
+    return p
+
+
+@pytest.fixture(scope="module")
+def executed(tiny_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("nb")
+    cache = tmp_path_factory.mktemp("cache")
+    return {n: run_papermill(n, out, small_params(n, tiny_dirs, cache)) for n in CHAPTERS}
+
+
+def outputs(nb, mime):
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            if mime in o.get("data", {}):
+                yield o["data"][mime]
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_parameters_cell(name):
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1
+    ns = {}
+    exec(cells[0].source, ns)
+    want = [k if not (name.startswith("04") and k == "model_id") else "model_ids" for k in REQUIRED]
+    assert not set(want) - set(ns), f"{name} lacks parameters {set(want) - set(ns)}"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "source notebooks hold no outputs"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_nbval(executed, name):
+    """nbval re-executes the papermill output and compares every output (sanitized ids)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval", str(executed[name]), "--nbval-current-env",
+         "--nbval-sanitize-with", str(SANITIZE), "-p", "no:cacheprovider", "-q", "--no-header",
+         "--rootdir", str(executed[name].parent), "-c", "/dev/null"],
+        capture_output=True, text=True, cwd=executed[name].parent, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_results_carried_by_outputs(executed, tiny_dirs):
+    nb2 = nbformat.read(executed["02_four_stages"], as_version=4)
+    html = "\n".join(outputs(nb2, "text/html"))
+    assert "first_layer" in html and "visual grounding" in html  # the boundary table
+    assert html.count("altair-viz-") >= 3  # accuracy, sensitivity, explorer charts
+    assert "Model: " + str(tiny_dirs["llava"]) in html and "seed = 0" in html  # captions
+    rec = next(r for r in outputs(nb2, RECORD) if r["name"] == "four_stages")
+    assert rec["model"] == str(tiny_dirs["llava"]) and rec["n_images"] == 30
+    assert set(rec["stages"]) == {"visual grounding", "lexical integration", "semantic reasoning", "answer decoding"}
+    nb3 = nbformat.read(executed["03_decision_vs_format"], as_version=4)
+    html3 = "\n".join(outputs(nb3, "text/html"))
+    assert "decision shared across formats" in html3 and "format-specific" in html3  # the per-layer table
+    assert '"train_format"' in html3 and "Model: " + str(tiny_dirs["llava"]) in html3  # the transfer chart
+    nb4 = nbformat.read(executed["04_architecture_comparison"], as_version=4)
+    rec4 = next(r for r in outputs(nb4, RECORD) if r["name"] == "comparison")
+    assert set(rec4["models"]) == {str(tiny_dirs["llava"]), str(tiny_dirs["qwen2_vl"])}
+
+
+def test_rerun_with_another_model_class(tiny_dirs, tmp_path):
+    """`papermill notebooks/02_four_stages.ipynb out.ipynb -p model_id <path>` with another class."""
+    out = run_papermill("02_four_stages", tmp_path, {"model_id": str(tiny_dirs["qwen2_vl"]), "n_per_class": 3,
+                                                     "cache_dir": str(tmp_path / "cache")})
+    nb = nbformat.read(out, as_version=4)
+    rec = next(r for r in outputs(nb, RECORD) if r["name"] == "four_stages")
+    assert rec["model"] == str(tiny_dirs["qwen2_vl"])
+    assert rec["blocks"] == 3
