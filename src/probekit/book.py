@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .errors import ProbekitError
 
-CHAPTERS = ("01_setup", "02_four_stages", "03_decision_vs_format", "04_architecture_comparison")
+CHAPTERS = ("01_setup", "02_four_stages", "03_decision_vs_format", "04_architecture_comparison",
+            "06_visual_layer_selection")
 SINGLE_MODEL_CHAPTERS = CHAPTERS[:3]
 COMPARISON_CHAPTER = CHAPTERS[3]
 HIDE_TAG = "hide-input"
@@ -217,7 +218,13 @@ def status_page(records: Mapping) -> str:
         f"`{dec['model']}`" if dec else "—")
     row("Probe accuracy values, image counts, probe regularization", "**unknown** (not in the reference)",
         "see chapter 2" if st else na, f"`{st['model']}`" if st else "—")
+    from .vision_chapter import RECORD_NAME as _VL, status_rows as _vl_rows
+
+    lines += _vl_rows(records.get(_VL))  # paper C (chapter 6), rows marked (C), same table
     lines += ["", "## Notes", "",
+              "- Rows marked (C) are paper C's (arXiv 2504.21447) claims; chapter 6 measures them with linear probes "
+              "on the vision tower's layers — paper C's main experiment (one MLLM trained per layer choice) was not "
+              "run.",
               "- Layer numbering: the reference notes suggest paper A numbers decoder blocks 1..L; probekit stores "
               "layer 0 (embeddings) and 1..L (blocks), so block numbers coincide.",
               "- LLaVA-Next-LLaMA-3 \"shares similar stages with LLaVA-1.5\" (**secondary**); no ranges are known.",
