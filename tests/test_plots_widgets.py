@@ -31,7 +31,7 @@ def test_accuracy_chart_caption_and_interactivity(probed):
     assert '"bind": "legend"' in s and '"tooltip"' in s
     bundle = plots.probekit_renderer(spec)
     html = bundle["text/html"]
-    assert 'id="altair-viz-' in html and f'<figcaption class="probekit-caption">' in html
+    assert 'id="altair-viz-' in html and '<figcaption class="probekit-caption">' in html
     assert "vegaEmbed" in html and "application/vnd.vegalite" not in json.dumps(bundle)
 
 

@@ -260,19 +260,14 @@ def sample_grid(data: ImageDataset, per_class: int = 4, seed: int = 0) -> pd.Dat
 
 def image_grid_html(data: ImageDataset, per_class: int = 4, seed: int = 0, size: int = 56) -> str:
     """Sample images per class as an HTML table with inline PNGs (renders in the book without a kernel)."""
-    import base64
     import html
-    import io
+
+    from .plots import img_tag
 
     grid = sample_grid(data, per_class, seed)
     rows = []
     for name, g in grid.groupby("class", sort=False):
-        cells = []
-        for im in g.image:
-            buf = io.BytesIO()
-            im.resize((size, size)).save(buf, format="PNG")
-            cells.append(f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
-                         f'width="{size}" height="{size}" style="image-rendering:pixelated;margin:1px">')
+        cells = [img_tag(im, size, alt=name) for im in g.image]
         rows.append(f"<tr><th style='text-align:right;padding-right:8px'>{html.escape(name)}</th>"
                     f"<td>{''.join(cells)}</td></tr>")
     return "<table class='probekit-samples'>" + "".join(rows) + "</table>"

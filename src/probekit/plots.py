@@ -15,7 +15,9 @@ nbformat refuses, so papermill cannot write it.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -310,3 +312,14 @@ def explorer_chart(table: pd.DataFrame, *, cap: str, layers: Sequence[int], fami
 
 __all__ = ["STAGE_COLORS", "accuracy_chart", "answers_chart", "caption", "chart_html", "depth_chart", "enable",
            "explorer_chart", "probekit_renderer", "sensitivity_chart", "stage_map_chart", "transfer_chart"]
+
+
+def img_tag(image, size: int, alt: str = "") -> str:
+    """An inline PNG ``<img>`` of a PIL image, ``size`` px square, drawn pixelated (renders without a kernel)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    image.resize((size, size), Image.Resampling.NEAREST).save(buf, format="PNG")
+    return (f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" width="{size}" '
+            f'height="{size}" style="image-rendering:pixelated;margin:1px" alt="{html.escape(alt)}">')
+

