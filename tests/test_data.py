@@ -122,3 +122,18 @@ def test_unusual_modes_become_faithful_rgb(tmp_path):
     p.putpalette([0, 0, 0] * 256)
     p.save(tmp_path / "pal.png", transparency=0)
     assert load_image(tmp_path / "pal.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_empty_dataset_is_refused_before_anything_is_written(tmp_path, tiny_models):
+    from probekit.errors import ProbekitError
+    from probekit.extract import extract
+    from probekit.prompts import paper_a_variants
+
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)  # a class folder with no images
+    with pytest.raises(DataError, match="no images found"):
+        image_folder(tmp_path / "imgs")
+    empty = get_dataset("digits").subset(1)
+    empty.items = []
+    with pytest.raises(ProbekitError, match="is empty"):
+        extract(tiny_models["llava"], empty, paper_a_variants(), tmp_path / "store", progress=False)
+    assert not (tmp_path / "store").exists()
