@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .extract import _to_device
 from .models import LoadedModel
 
 
@@ -25,9 +26,7 @@ def image_kv(lm: LoadedModel, prompts: Sequence[str], images: Sequence) -> list[
     (float32, CPU), the image tokens in prompt order."""
     inputs = lm.processor(text=list(prompts), images=list(images), padding=True, padding_side="right",
                           return_tensors="pt")
-    inputs = {k: v.to(lm.device) for k, v in inputs.items()}
-    if inputs["pixel_values"].is_floating_point():
-        inputs["pixel_values"] = inputs["pixel_values"].to(lm.dtype)
+    inputs = _to_device(lm, inputs)
     with torch.inference_mode():
         out = lm.model(**inputs, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
