@@ -29,14 +29,20 @@ from .errors import ProbekitError
 from .models import LoadedModel
 
 
-def vision_states(lm: LoadedModel, images: Sequence, *, batch_size: int = 8) -> Iterable[torch.Tensor]:
-    """Per image (in order), the vision tower's states ``[V+1, patches, d]`` as float32 on the CPU."""
+def _vision_batches(lm: LoadedModel, images: Sequence, batch_size: int):
+    """Per batch: ``(image-processor outputs on the CPU, one state [V+1, patches, d] per image)``."""
     for b in range(0, len(images), batch_size):
         inputs = lm.processor.image_processor(images=list(images[b : b + batch_size]), return_tensors="pt")
-        inputs = {k: v.to(lm.device) for k, v in inputs.items()}
         with torch.inference_mode():
-            for h in lm.adapter.vision_hidden_states(lm.model, inputs):
-                yield h.float().cpu()
+            states = lm.adapter.vision_hidden_states(lm.model, {k: v.to(lm.device) for k, v in inputs.items()})
+        yield inputs, states
+
+
+def vision_states(lm: LoadedModel, images: Sequence, *, batch_size: int = 8) -> Iterable[torch.Tensor]:
+    """Per image (in order), the vision tower's states ``[V+1, patches, d]`` as float32 on the CPU."""
+    for _, states in _vision_batches(lm, images, batch_size):
+        for h in states:
+            yield h.float().cpu()
 
 
 def layer_similarity(lm: LoadedModel, images: Sequence, *, batch_size: int = 8) -> np.ndarray:
@@ -189,12 +195,8 @@ def extract_vision_features(lm: LoadedModel, images: Sequence, *, grid: int = 2,
     if len(images) == 0:
         raise ProbekitError("extract_vision_features needs at least one image")
     means, grids, total = [], [], None
-    for b in range(0, len(images), batch_size):
-        inputs = lm.processor.image_processor(images=list(images[b: b + batch_size]), return_tensors="pt")
+    for b, (inputs, states) in zip(range(0, len(images), batch_size), _vision_batches(lm, images, batch_size)):
         positions = patch_positions(lm, inputs)
-        inputs = {k: v.to(lm.device) for k, v in inputs.items()}
-        with torch.inference_mode():
-            states = lm.adapter.vision_hidden_states(lm.model, inputs)
         if len(states) != len(positions):
             raise ProbekitError(f"{len(states)} images of states but {len(positions)} of patch positions")
         for h, pos in zip(states, positions):
