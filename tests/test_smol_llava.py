@@ -183,3 +183,34 @@ def test_cached_build_is_reused_and_rebuilt_when_missing(built, monkeypatch):
         moved.rename(config)
     assert S.cached_build(built) == built
     assert S.build_smol_llava(built, log=lambda *a: None) == built  # found again, nothing rebuilt
+
+
+def test_name_without_projector_says_how_to_train_it(monkeypatch, tmp_path):
+    from probekit.models import resolve_model_path
+
+    monkeypatch.setattr(S, "PROJECTOR_FILE", tmp_path / "absent.safetensors")
+    with pytest.raises(ModelLoadError) as e:
+        resolve_model_path(S.NAME)
+    assert "probekit train-organism smol-llava" in str(e.value) and "absent.safetensors" in str(e.value)
+
+
+def test_name_resolves_to_the_cached_build(monkeypatch, tmp_path):
+    from probekit.models import resolve_model_path
+
+    projector = tmp_path / "projector.safetensors"
+    projector.write_bytes(b"x")
+    monkeypatch.setattr(S, "PROJECTOR_FILE", projector)
+    calls = []
+    monkeypatch.setattr(S, "build_smol_llava", lambda *a, **k: calls.append(k) or tmp_path / "built")
+    assert resolve_model_path(S.NAME) == str(tmp_path / "built")
+    assert len(calls) == 1
+
+
+@needs_wheels
+@needs_projector
+def test_loads_by_name_through_the_normal_path(built, monkeypatch):
+    from probekit.models import load_model
+
+    monkeypatch.setattr(S, "default_build_dir", lambda: built)
+    lm = load_model(S.NAME, dtype="float32", device="cpu")
+    assert type(lm.model).__name__ == "LlavaForConditionalGeneration" and lm.num_layers == 30

@@ -88,12 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-html", action="store_true", help="only execute the notebooks")
 
     from .organisms import ORGANISMS
+    from .organisms.smol_llava import NAME as SMOL
 
     t = sub.add_parser("train-organism", help="train a model organism (or all) from its seeded recipe",
                        description="Train a model organism on CPU from real images (Fashion-MNIST, scikit-learn "
                        "digits) with its recipe, save it with save_pretrained, evaluate it on held-out images and "
-                       f"write its model card. Organisms: {', '.join(ORGANISMS)}; 'all' trains every one.")
-    t.add_argument("name", choices=[*ORGANISMS, "all"], metavar="NAME", help=f"one of {', '.join(ORGANISMS)}, or all")
+                       f"write its model card. Organisms: {', '.join(ORGANISMS)}; 'all' trains every one of them. "
+                       f"{SMOL}: trains the projector of the realistic organism (DINOv2-S + SmolLM2-135M from their "
+                       "wheels), writes it with its card to the package's shipped/ folder and builds the model.")
+    t.add_argument("name", choices=[*ORGANISMS, SMOL, "all"], metavar="NAME",
+                   help=f"one of {', '.join(ORGANISMS)}, {SMOL} (projector of the realistic organism; its card and "
+                        "projector go to src/probekit/organisms/shipped/smol-llava), or all (the from-scratch ones)")
     t.add_argument("--out", help="output directory (default ./organisms/NAME; for 'all' the parent directory)")
     t.add_argument("--seed", type=int, help="override the recipe's seed")
     t.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
@@ -155,8 +160,18 @@ def _probe(a) -> int:
 
 
 def _train_organism(a) -> int:
-    from .organisms import train_all, train_organism
+    import json
 
+    from .organisms import train_all, train_organism
+    from .organisms.smol_llava import NAME as SMOL
+
+    if a.name == SMOL:
+        from .organisms.smol_llava import SHIPPED, train_smol_llava
+
+        kw = {} if a.seed is None else {"seed": a.seed}
+        report = train_smol_llava(a.out, threads=a.threads, **kw)
+        print(f"wrote {SHIPPED} (model card: {SHIPPED / 'README.md'}); held-out: {json.dumps(report['held_out'])}")
+        return 0
     if a.name == "all":
         paths = train_all(a.out, seed=a.seed, threads=a.threads)
     else:

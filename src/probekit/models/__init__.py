@@ -114,7 +114,15 @@ def resolve_model_path(model_id: str) -> str:
     if p.is_dir():
         return str(p)
     from ..organisms import ORGANISMS, organism_path  # organisms register by name
+    from ..organisms import smol_llava
 
+    if model_id == smol_llava.NAME:  # rebuilt from the two installed wheels + the shipped projector, cached
+        if not smol_llava.PROJECTOR_FILE.is_file():
+            raise ModelLoadError(
+                f"organism {model_id!r} has no trained projector here ({smol_llava.PROJECTOR_FILE}); run "
+                f"`probekit train-organism {model_id}`"
+            )
+        return str(smol_llava.build_smol_llava(log=lambda *a: None))
     if model_id in ORGANISMS:
         org = organism_path(model_id)
         if org is None:

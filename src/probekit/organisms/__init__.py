@@ -16,6 +16,7 @@ one factor: ``llava-organism-tokenizer``, ``llava-organism-instruct``, ``llava-o
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -97,6 +98,17 @@ def _fmt_acc(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def load_note(report: dict) -> str:
+    """What the machine was doing while the organism trained (1-min load average at start and end)."""
+    load = report.get("load_average_1min")
+    if not load:
+        return "The machine's load during training was not recorded."
+    return (f"1-min load average {load['start']:.1f} at the start and {load['end']:.1f} at the end of training on "
+            f"{load.get('cores', '?')} cores: with one torch thread and a load at or below the core count, the wall "
+            "time is that of an otherwise idle core; above it, the wall time is inflated and the CPU time is the better "
+            "measure.")
+
+
 def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Path:
     """README.md model card: recipe, data, seed, parameter count, training time, held-out accuracy."""
     out_dir = Path(out_dir)
@@ -122,9 +134,7 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
         f"- seed: {r.seed}",
         f"- training time (measured): {report['train_seconds']:.0f} s wall = {report['train_seconds'] / 60:.1f} min, "
         f"process CPU time {report['train_cpu_seconds']:.0f} s = {report['train_cpu_seconds'] / 60:.1f} min (user+sys), "
-        f"torch threads: {report['torch_threads']} ({report.get('machine', '')}). The 2-core machine was shared with "
-        "other jobs while this ran (load average between 3 and 12 during these trainings), so the wall time is inflated; with one thread the CPU time "
-        "approximates the wall time on an otherwise idle core.",
+        f"torch threads: {report['torch_threads']} ({report.get('machine', '')}). {load_note(report)}",
         f"- tokenizer: {report['tokenizer']['kind']}, {report['tokenizer']['vocab']:,} entries, trained with `tokenizers` "
         f"on the `{report['tokenizer']['corpus']}` corpus ({report['tokenizer']['chars']:,} chars, sha256 "
         f"{report['tokenizer']['sha256'][:12]}...)",
@@ -219,8 +229,11 @@ def train_organism(name: str | Recipe, out_dir=None, *, seed: int | None = None,
     out_dir = Path(out_dir) if out_dir is not None else Path("organisms") / recipe.name
     if threads:
         torch.set_num_threads(threads)
+    load_start = os.getloadavg()[0]
     model, processor, report = run_recipe(recipe, log=log)
     report["machine"] = _machine()
+    report["load_average_1min"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2),
+                                   "cores": os.cpu_count()}
     save(model, processor, out_dir)
     log(f"[save] {out_dir} after {report['train_seconds']:.0f} s of training")
     metrics = {}

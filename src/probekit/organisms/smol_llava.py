@@ -496,13 +496,17 @@ def _answer_loss(model, inputs: dict):
 
 
 def train_smol_llava(out_dir=None, *, seed: int = 0, steps: int = 300, batch: int = 16, lr: float = 1e-3,
-                     naming_fraction: float = 0.2, digits_fraction: float = 0.3, eval_per_class: int = 20,
-                     digits_per_class: int | None = 10,
+                     naming_fraction: float = 0.2, digits_fraction: float = 0.3, paired: bool = True,
+                     eval_per_class: int = 20, digits_per_class: int | None = 10,
                      threads: int | None = None, write_shipped: bool = True, init_projector=None,
                      previous_segments: list[dict] | None = None, log=print) -> dict:
     """LLaVA stage 1 on this organism: the projector alone is trained (DINOv2 and SmolLM2 frozen) on
     Fashion-MNIST train images + the train 2/3 of scikit-learn's digits, with paper A's anchor and
-    variant questions and naming. Then the held-out behaviour is measured and, with ``write_shipped``,
+    variant questions and naming. With ``paired`` (the default) a batch is made of pairs that share one
+    question and differ in the answer: a paper-A variant asked of one Fashion-MNIST and one digit image
+    (so the text alone cannot give the answer), or naming asked of two images of different classes of one
+    domain (``digits_fraction`` of naming pairs are digits); otherwise examples are drawn one by one.
+    Then the held-out behaviour is measured and, with ``write_shipped``,
     the projector + model card are written to ``shipped/smol-llava/`` and the full model is built into
     ``out_dir`` (default: the cache) from them. ``init_projector`` (a projector safetensors file) continues
     training from it instead of a fresh seeded projector; ``previous_segments`` (the reports of the runs
@@ -512,11 +516,12 @@ def train_smol_llava(out_dir=None, *, seed: int = 0, steps: int = 300, batch: in
 
     from . import recipe as recipe_mod
     from .recipe import Chat, encode
-    from .tasks import image_pools
+    from .tasks import CONCEPTS, image_pools
 
     if threads:
         torch.set_num_threads(threads)
     t0, c0 = time.perf_counter(), time.process_time()
+    load_start = os.getloadavg()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     init = load_projector(Path(init_projector)) if init_projector is not None else None
@@ -536,16 +541,40 @@ def train_smol_llava(out_dir=None, *, seed: int = 0, steps: int = 300, batch: in
 
         return Image.fromarray(pools[domain].images[i]).convert("RGB")
 
+    def draw(domain, label=None):
+        pool = pools[domain]
+        if label is None:
+            return int(rng.integers(len(pool)))
+        return int(rng.choice(np.flatnonzero(pool.labels != label)))
+
     def loss_fn(_):
         pils, qs, ans = [], [], []
-        for _ in range(batch):
-            domain = "digits" if rng.random() < digits_fraction else "fashion"
-            i = int(rng.integers(len(pools[domain])))
-            q, a = training_example(rng, domain, int(pools[domain].labels[i]), naming_fraction)
-            pils.append(pil(domain, i))
-            qs.append(q)
-            ans.append(a)
-        return _answer_loss(model, encode(chat, pils, qs, ans))
+        while len(pils) < batch:
+            if not paired:
+                domain = "digits" if rng.random() < digits_fraction else "fashion"
+                i = draw(domain)
+                q, a = training_example(rng, domain, int(pools[domain].labels[i]), naming_fraction)
+                pils.append(pil(domain, i)), qs.append(q), ans.append(a)
+                continue
+            # a pair: one question, two images whose answers differ, so only the image can tell them apart
+            if rng.random() < naming_fraction:
+                domain = "digits" if rng.random() < digits_fraction else "fashion"
+                i = draw(domain)
+                j = draw(domain, int(pools[domain].labels[i]))
+                q, a = training_example(rng, domain, int(pools[domain].labels[i]), 1.0)
+                _, b = training_example(rng, domain, int(pools[domain].labels[j]), 1.0)
+                pair = ((domain, i, a), (domain, j, b))
+            else:  # a paper-A variant about one domain's concept, asked of a fashion and a digit image
+                own = "fashion" if rng.random() < 0.5 else "digits"
+                other = "digits" if own == "fashion" else "fashion"
+                v = _variants(CONCEPTS[own], CONCEPTS[other])
+                v = v[rng.integers(len(v))]
+                flipped = v.answers[1] if v.expected == v.answers[0] else v.answers[0]
+                q = v.text
+                pair = ((own, draw(own), v.expected), (other, draw(other), flipped))
+            for domain, k, answer in pair:
+                pils.append(pil(domain, k)), qs.append(q), ans.append(answer)
+        return _answer_loss(model, encode(chat, pils[:batch], qs[:batch], ans[:batch]))
 
     stats = recipe_mod._optimize("projector", params, steps, lr, loss_fn, log, every=10)
     model.eval()
@@ -554,7 +583,9 @@ def train_smol_llava(out_dir=None, *, seed: int = 0, steps: int = 300, batch: in
     train_seconds = time.perf_counter() - t0
     report = {
         "seed": seed, "steps": steps, "batch": batch, "lr": lr, "naming_fraction": naming_fraction,
-        "digits_fraction": digits_fraction, "setup_seconds": round(setup, 1),
+        "digits_fraction": digits_fraction, "paired": paired, "setup_seconds": round(setup, 1),
+        "load_average_1min": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2),
+                              "cores": os.cpu_count()},
         "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(time.process_time() - c0, 1),
         "torch_threads": torch.get_num_threads(), "loss": stats,
         "train_images": {"fashion": len(pools["fashion"]), "digits": len(pools["digits"])},
@@ -762,6 +793,8 @@ def _pct(x: float) -> str:
 def write_card(report: dict, checks: dict | None = None, build_seconds: float | None = None,
                path: Path | None = None) -> Path:
     """The model card ``shipped/smol-llava/README.md`` from the training report (+ conversion checks)."""
+    from . import load_note
+
     path = Path(path or SHIPPED / "README.md")
     size = PROJECTOR_FILE.stat().st_size if PROJECTOR_FILE.is_file() else 0
     held = report["held_out"]
@@ -848,10 +881,15 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         f"{report['digits_fraction']:.0%} of examples digits. Fashion-MNIST test and the held-out third of the digits "
         "are never trained on.",
         "- questions: paper A's anchor and every variant (`probekit.prompts.paper_a_variants`: picture, feature, "
-        "negation, one_zero), asked with the image's own domain concept (fashion: 'a fashion item', negation 'a "
-        "handwritten digit'; digits the reverse) and with the other domain's (answers flipped), so each phrasing "
-        f"has both answers; plus naming ({report['naming_fraction']:.0%}: 'What is in this image?' and 4 paraphrases "
-        "-> the class name). Loss on the answer tokens (+ `<|im_end|>`) only.",
+        "negation, one_zero) about either domain's concept ('a fashion item', 'a handwritten digit'; the negation "
+        "variant names the other one), and naming "
+        f"({report['naming_fraction']:.0%} of pairs: 'What is in this image?' and 4 paraphrases -> the class name). "
+        + ("Batches are made of **pairs** that share the question and differ in the answer: a variant asked of one "
+           "Fashion-MNIST and one digit image, or naming asked of two images of different classes of one domain "
+           f"({report['digits_fraction']:.0%} of naming pairs are digits) — so the text alone never gives the answer. "
+           if report.get("paired") else
+           f"Examples are drawn one by one ({report['digits_fraction']:.0%} digits). ")
+        + "Loss on the answer tokens (+ `<|im_end|>`) only.",
         *[f"- segment {i + 1}: {seg['steps']} steps x batch {seg['batch']}, AdamW lr {seg['lr']} (5 % warm-up, cosine "
           f"to 10 %), naming {seg['naming_fraction']:.0%}, seed {seg['seed']}, from "
           f"{'a fresh seeded projector' if not seg.get('init_projector') else 'the previous segment'}; loss "
@@ -867,9 +905,7 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         f"- time (measured{', final segment' if report.get('previous_segments') else ''}): "
         f"{report['train_seconds']:.0f} s = {report['train_seconds'] / 60:.1f} min wall including "
         f"{report['setup_seconds']:.0f} s of assembly, {report['torch_threads']} torch thread, process CPU "
-        f"{report['train_cpu_seconds']:.0f} s. The 2-core machine was **shared** with other training and test jobs "
-        "(load average ~9-15, this process got ~1/3 of a core: compare wall and CPU time) while this ran, so the wall time is an upper bound; 2 threads under that load were "
-        "~4x slower than 1 (OpenMP barriers).",
+        f"{report['train_cpu_seconds']:.0f} s. " + load_note(report),
         "- no stage 2 (no LLM or vision fine-tuning): it did not fit the time budget.",
         "",
         "## Held-out behaviour",
