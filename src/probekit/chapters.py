@@ -503,6 +503,11 @@ def controlled_pairs(model_ids) -> pd.DataFrame:
         rows.append({"factor": "base LLM", "model": "qwen2vl-organism", "reference": "llava-organism",
                      "controlled": False, "differs in": "decoder (Qwen2, 6 blocks vs Llama, 8 blocks) and also the "
                      "vision tower, projector and number of image tokens"})
+    if "smol-llava" in ids and "llava-organism" in ids:
+        rows.append({"factor": "base LLM", "model": "smol-llava", "reference": "llava-organism", "controlled": False,
+                     "differs in": "decoder (SmolLM2-135M-Instruct, pretrained on web-scale text, 30 blocks, width 576 "
+                     "vs a from-scratch 8-block Llama) and also the vision encoder (DINOv2-S at 56 px), the tokenizer, "
+                     "the chat template and the training (projector only)"})
     return pd.DataFrame(rows, columns=["factor", "model", "reference", "controlled", "differs in"])
 
 

@@ -11,6 +11,12 @@ Format (``probekit-store/1``), one directory::
         margin/<variant>     [n] float32  logit(expected answer) - logit(the other answer)
       header metadata: key_sha256, start, stop, first-token texts (JSON)
 
+A store may instead hold **named arrays** (``quantities`` given to :meth:`ActivationStore.create`; no prompt
+variants): the manifest lists each quantity's per-item shape, each shard holds ``<name>`` ``[n, *shape]``
+for images [start, stop), and :meth:`ActivationStore.array` reads them back. Paper B's image key / value tokens
+(:func:`probekit.kv.extract_image_tokens`) are stored this way; cache key, atomic shards, resume and the
+never-mixed rule are the same.
+
 Writes are atomic (temporary file + ``os.replace``), so a shard file either exists whole or not at all; a
 run killed at any moment and run again computes only the missing shards. A store is never mixed across
 cache keys: opening it for a different key raises :class:`StoreError` naming what differs.
@@ -100,10 +106,13 @@ class ActivationStore:
     @classmethod
     def create(cls, root: str | Path, *, key: Mapping, variants: Sequence[Variant], n_items: int, ids: Sequence[str],
                labels: Sequence[int], classes: Sequence[str], n_layers: int, hidden_size: int,
-               storage_dtype: str = "float32", shard_size: int = 64, extra: Mapping | None = None) -> "ActivationStore":
+               storage_dtype: str = "float32", shard_size: int = 64, extra: Mapping | None = None,
+               quantities: Mapping[str, Sequence[int]] | None = None) -> "ActivationStore":
         """Create the store, or re-open it when it was made for the same key (resume).
 
-        A store made for another key raises StoreError listing the differences (never mixed).
+        A store made for another key raises StoreError listing the differences (never mixed). ``quantities``
+        (name -> per-item shape) makes a store of named arrays (written by :meth:`write_arrays`, read by
+        :meth:`array`) instead of per-variant states; ``variants`` may then be empty.
         """
         if storage_dtype not in STORAGE_DTYPES:
             raise StoreError(f"unknown storage dtype {storage_dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
@@ -127,12 +136,20 @@ class ActivationStore:
             "shard_size": int(shard_size),
             "extra": dict(extra or {}),
         }
+        if quantities is not None:  # only array stores carry the field: state stores' manifests are unchanged
+            bad = [k for k, v in quantities.items() if not k or "/" in k or any(int(x) < 1 for x in v)]
+            if not quantities or bad:
+                raise StoreError(f"quantities must be non-empty names without '/' with positive shapes; got {bad or '{}'}")
+            manifest["quantities"] = {k: [int(x) for x in v] for k, v in quantities.items()}
         with _locked(root):
             mpath = root / MANIFEST
             if mpath.is_file():
                 old = cls.open(root).manifest
-                if old["key_sha256"] != manifest["key_sha256"] or old["shard_size"] != shard_size:
-                    diffs = _diff(old["key"], key) or [f"shard_size: store has {old['shard_size']}, requested {shard_size}"]
+                if (old["key_sha256"] != manifest["key_sha256"] or old["shard_size"] != shard_size
+                        or old.get("quantities") != manifest.get("quantities")):
+                    diffs = (_diff(old["key"], key) or _diff({"quantities": old.get("quantities")},
+                                                            {"quantities": manifest.get("quantities")})
+                             or [f"shard_size: store has {old['shard_size']}, requested {shard_size}"])
                     raise StoreError(
                         f"the store at {str(root)!r} was written for different settings, so it is not reused:\n  "
                         + "\n  ".join(diffs)
@@ -173,6 +190,15 @@ class ActivationStore:
     @property
     def key(self) -> dict:
         return self.manifest["key"]
+
+    @property
+    def quantities(self) -> dict[str, tuple[int, ...]]:
+        """Per-item shape of each named array (empty for a store of per-variant states)."""
+        return {k: tuple(v) for k, v in self.manifest.get("quantities", {}).items()}
+
+    @property
+    def extra(self) -> dict:
+        return dict(self.manifest.get("extra", {}))
 
     def shard_ranges(self) -> list[tuple[int, int]]:
         n, s = self.manifest["n_items"], self.manifest["shard_size"]
@@ -223,11 +249,32 @@ class ActivationStore:
             tensors[f"hidden/{v}"] = h.detach().to("cpu", dtype).contiguous()
             tensors[f"first_token/{v}"] = first_token[v].detach().to("cpu", torch.int64).contiguous()
             tensors[f"margin/{v}"] = margin[v].detach().to("cpu", torch.float32).contiguous()
-        meta = {"key_sha256": self.manifest["key_sha256"], "start": str(start), "stop": str(stop),
-                "first_token_text": json.dumps({v: list(first_token_text[v]) for v in names})}
+        self._save(index, tensors, {"first_token_text": json.dumps({v: list(first_token_text[v]) for v in names})})
+
+    def write_arrays(self, index: int, arrays: Mapping[str, torch.Tensor]) -> None:
+        """Write shard ``index`` of a store of named arrays atomically: every quantity, ``[n, *shape]``."""
+        want = self.quantities
+        if not want:
+            raise StoreError(f"the store at {str(self.root)!r} holds per-variant states, not named arrays; "
+                             "use write_shard")
+        if set(arrays) != set(want):
+            raise StoreError(f"shard {index}: arrays {sorted(arrays)} do not match the store's {sorted(want)}")
+        start, stop = self.shard_ranges()[index]
+        dtype = STORAGE_DTYPES[self.manifest["storage_dtype"]]
+        tensors = {}
+        for name, shape in want.items():
+            t = torch.as_tensor(arrays[name])
+            if tuple(t.shape) != (stop - start, *shape):
+                raise StoreError(f"shard {index}, {name!r}: shape {tuple(t.shape)}, expected {(stop - start, *shape)}")
+            tensors[name] = t.detach().to("cpu", dtype).contiguous()
+        self._save(index, tensors, {})
+
+    def _save(self, index: int, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> None:
+        start, stop = self.shard_ranges()[index]
+        meta = {"key_sha256": self.manifest["key_sha256"], "start": str(start), "stop": str(stop), **meta}
         path = self.shard_path(index)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file(dict(tensors), str(tmp), metadata=meta)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -263,6 +310,27 @@ class ActivationStore:
             with safe_open(self.shard_path(i), framework="pt") as f:
                 sl = f.get_slice(f"hidden/{name}")
                 t = sl[:, li, :] if li is not None else sl[:]
+                parts.append(t.to(torch.float32).numpy())
+        return np.concatenate(parts, axis=0)
+
+    def array(self, name: str, index: int | None = None) -> np.ndarray:
+        """float32 array ``[n, *shape]`` of one named quantity, or with ``index`` its slice ``[n, *shape[1:]]``
+        at that position of the first per-item axis (e.g. one stored layer), read without loading the rest."""
+        self._require_complete()
+        q = self.quantities
+        if name not in q:
+            have = ", ".join(q) if q else "no named arrays (a store of per-variant states)"
+            raise StoreError(f"unknown quantity {name!r}; the store at {str(self.root)!r} has {have}")
+        if index is not None:
+            n0 = q[name][0]
+            if not isinstance(index, (int, np.integer)) or not -n0 <= index < n0:
+                raise StoreError(f"index {index!r} of {name!r} is out of range 0..{n0 - 1}")
+            index = int(index) % n0
+        parts = []
+        for i in range(len(self.shard_ranges())):
+            with safe_open(self.shard_path(i), framework="pt") as f:
+                sl = f.get_slice(name)
+                t = sl[:, index] if index is not None else sl[:]
                 parts.append(t.to(torch.float32).numpy())
         return np.concatenate(parts, axis=0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 
@@ -45,6 +46,33 @@ class Adapter:
         ``[B, 3, H, W]`` (CLIP, SigLIP, DINOv2)."""
         pv = image_inputs["pixel_values"]
         return _vit_states(model.model.vision_tower, pv)
+
+    # ---- paper B: the LM's image tokens, their vision-side counterparts and their place in the image ----------
+
+    def projector(self, model) -> torch.nn.Module:
+        """The module that turns vision features into the LM's image-token embeddings; its first input is the
+        vision encoder's output as the projector receives it (LLaVA: the selected layer, CLS dropped)."""
+        return model.model.multi_modal_projector
+
+    def vision_tokens(self, model, projector_input: torch.Tensor, image_inputs: dict) -> list[torch.Tensor]:
+        """Per image, the projector's input aligned with that image's LM image tokens ``[T_i, d_v]`` (NaN rows
+        for image tokens with no vision token of their own). LLaVA: one vision token per image token."""
+        return list(projector_input)
+
+    def token_cells(self, model, image_inputs: dict, n_tokens: list[int]) -> tuple[tuple[int, int], list[np.ndarray]]:
+        """The base view's token grid ``(rows, cols)`` over the whole image and, per image, each LM image
+        token's cell (row-major index into that grid; -1 for a token without one, e.g. a CLS token).
+        ``n_tokens``: the number of LM image tokens of each image. LLaVA: the vision tower's patch grid."""
+        patch = int(model.config.vision_config.patch_size)
+        pv = image_inputs["pixel_values"]
+        rows, cols = pv.shape[-2] // patch, pv.shape[-1] // patch
+        out = []
+        for n in n_tokens:
+            extra = n - rows * cols  # vision_feature_select_strategy="full" keeps CLS first
+            if extra < 0:
+                raise ValueError(f"{n} image tokens for a {rows}x{cols} patch grid")
+            out.append(np.concatenate([np.full(extra, -1), np.arange(rows * cols)]).astype(np.int64))
+        return (rows, cols), out
 
 
 def _vit_states(tower, pixel_values: torch.Tensor) -> list[torch.Tensor]:

@@ -7,6 +7,7 @@ a full prompt needs nothing extra. A suffix run on a cached prefix gets its slic
 ``get_rope_index`` computes for the whole prompt (text after an image does not continue at the cache length).
 """
 
+import numpy as np
 import torch
 
 from .base import Adapter
@@ -28,6 +29,42 @@ class Qwen2VLAdapter(Adapter):
                                             attention_mask=torch.ones_like(ids))
         return pos[..., prefix.shape[1]:]
 
+    def projector(self, model):
+        """The patch merger: it takes the last vision block's output (``spatial_merge_size``² patches per image
+        token)."""
+        return model.model.visual.merger
+
+    def _merge_order(self, model, image_inputs) -> torch.Tensor | None:
+        """Permutation from the merger's input order to the processor's, per merge unit (None: the same)."""
+        return None
+
+    def vision_tokens(self, model, projector_input, image_inputs):
+        """The merger's input regrouped as it regroups it: the ``m x m`` patch states of each image token's block,
+        concatenated (``[T_i, m² d_v]``), in the image tokens' order."""
+        m = int(model.config.vision_config.spatial_merge_size)
+        x = projector_input.reshape(-1, m * m * projector_input.shape[-1])
+        order = self._merge_order(model, image_inputs)
+        if order is not None:
+            x = x[order.to(x.device)]
+        counts = (image_inputs["image_grid_thw"].prod(-1) // (m * m)).tolist()
+        return list(torch.split(x, counts, dim=0))
+
+    def token_cells(self, model, image_inputs, n_tokens):
+        """One image token per ``m x m`` block of patches, blocks row-major (the processor's order); the grid is
+        ``(h/m, w/m)`` of the image's patch grid (the same for every image of one size)."""
+        m = int(model.config.vision_config.spatial_merge_size)
+        thw = image_inputs["image_grid_thw"].tolist()
+        grids = {(h // m, w // m) for _, h, w in thw}
+        if len(grids) != 1:
+            raise ValueError(f"images of different sizes give different token grids {sorted(grids)}")
+        rows, cols = grids.pop()
+        out = []
+        for (t, _, _), n in zip(thw, n_tokens):
+            if n != t * rows * cols:
+                raise ValueError(f"{n} image tokens for a {t}x{rows}x{cols} token grid")
+            out.append(np.tile(np.arange(rows * cols), t).astype(np.int64))
+        return (rows, cols), out
+
     def vision_hidden_states(self, model, image_inputs):
         """The vision blocks' states; Qwen's vision tower has no CLS token and takes all images' patches as
         one flat sequence, split back per image by ``image_grid_thw``."""
@@ -42,6 +79,16 @@ class Qwen2VLAdapter(Adapter):
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     family = "qwen2_5_vl"
     architectures = ("Qwen2_5_VLForConditionalGeneration",)
+
+    def _merge_order(self, model, image_inputs):
+        """The merger sees the merge units in attention-window order; the model undoes it after the merger
+        (``argsort(window_index)``), and so does this."""
+        from transformers.vision_utils import get_vision_window_index
+
+        cfg = model.model.visual.config
+        window_index, _ = get_vision_window_index(image_inputs["image_grid_thw"], cfg.spatial_merge_size,
+                                                  cfg.window_size, cfg.patch_size)
+        return torch.argsort(window_index)
 
     def vision_hidden_states(self, model, image_inputs):
         """As Qwen2-VL, put back in the processor's patch order: Qwen2.5-VL's tower permutes the patches into
