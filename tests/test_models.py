@@ -109,3 +109,24 @@ def test_processor_without_image_token_is_refused(tiny_dirs, monkeypatch):
     monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda *a, **k: real)
     with pytest.raises(ModelLoadError, match="not a single token"):
         load_model(str(d))
+
+
+def test_weights_hash_cache_drops_files_that_are_gone(tmp_path, monkeypatch):
+    import json
+
+    import probekit.models as M
+
+    monkeypatch.setattr(M, "_HASH_CACHE", tmp_path / "hashes.json")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, data in ((a, b"one"), (b, b"two")):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(data)
+    ha = M.weights_sha256(a)
+    M.weights_sha256(b)
+    assert len(json.loads(M._HASH_CACHE.read_text())) == 2
+    (a / "model.safetensors").unlink()
+    (b / "model.safetensors").write_bytes(b"changed")
+    hb = M.weights_sha256(b)
+    keys = list(json.loads(M._HASH_CACHE.read_text()))
+    assert len(keys) == 1 and keys[0].startswith(str((b / "model.safetensors").resolve()))
+    assert hb != ha and len({ha, hb}) == 2

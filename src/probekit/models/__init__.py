@@ -144,6 +144,15 @@ def resolve_model_path(model_id: str) -> str:
 _HASH_CACHE = Path(os.environ.get("PROBEKIT_CACHE", Path.home() / ".cache" / "probekit")) / "weights-sha256.json"
 
 
+def _still_there(key: str) -> bool:
+    name, size, mtime = key.rsplit("|", 2)
+    try:
+        st = os.stat(name)
+    except OSError:
+        return False
+    return f"{st.st_size}|{st.st_mtime_ns}" == f"{size}|{mtime}"
+
+
 def weights_sha256(path: str | Path) -> str:
     """sha256 over the weight files of a local checkpoint (cached by path, size and mtime)."""
     path = Path(path)
@@ -165,7 +174,8 @@ def weights_sha256(path: str | Path) -> str:
             cache[ck] = fh.hexdigest()
             changed = True
         h.update(f.name.encode() + b"\0" + cache[ck].encode())
-    if changed:
+    if changed:  # rewrite, dropping entries of files that are gone or changed (temporary checkpoints)
+        cache = {k: v for k, v in cache.items() if _still_there(k)}
         try:
             _HASH_CACHE.parent.mkdir(parents=True, exist_ok=True)
             tmp = _HASH_CACHE.with_name(f".{_HASH_CACHE.name}.{os.getpid()}")
