@@ -71,6 +71,19 @@ def test_cli_extract_then_probe_end_to_end(tiny_dirs, tmp_path, capsys):
     assert ((df.ci_low <= df.accuracy) & (df.accuracy <= df.ci_high)).all()
 
 
+def test_cli_no_prefix_reuse_takes_the_reference_path_with_equal_numbers(tiny_dirs, tmp_path):
+    from probekit.store import ActivationStore
+
+    args = ["extract", "--model", str(tiny_dirs["llava"]), "--dataset", "fashion-mnist", "--n-per-class", "1",
+            "--device", "cpu", "--dtype", "float32", "--batch-size", "4"]
+    assert main([*args, "--out", str(tmp_path / "fast")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ref"), "--no-prefix-reuse"]) == 0
+    fast, ref = ActivationStore.open(tmp_path / "fast"), ActivationStore.open(tmp_path / "ref")
+    assert fast.manifest["extra"]["reuse_prefix"] is True and ref.manifest["extra"]["reuse_prefix"] is False
+    for v in fast.variants:
+        np.testing.assert_allclose(fast.features(v.name), ref.features(v.name), atol=1e-4)
+
+
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):
     r = subprocess.run([sys.executable, "-m", "probekit.cli", "extract", "--model", "./missing/model", "--dataset",
                         "digits", "--out", str(tmp_path / "s")], capture_output=True, text=True)

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, default=8)
     e.add_argument("--shard-size", type=_positive_int, default=64, help="images per store shard, the unit of resume")
     e.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    e.add_argument("--no-prefix-reuse", action="store_true",
+                   help="one forward per (image, variant) prompt instead of the image + shared prefix once per image "
+                   "with the variants as suffixes (the reference path; same numbers up to float rounding, slower)")
 
     q = sub.add_parser("probe", help="fit per-layer probes on the anchor, score every variant, write a CSV",
                        description="Fit one linear probe per layer on the anchor question's states of the training "
@@ -132,7 +135,7 @@ def _extract(a) -> int:
     variants = load_variants(a.variants, concept=data.concept, negation=data.negation, families=a.families)
     lm = load_model(a.model, dtype=a.dtype, device=a.device, revision=a.revision)
     store = extract(lm, data, variants, a.out, position=a.position, batch_size=a.batch_size,
-                    storage_dtype=a.storage_dtype, shard_size=a.shard_size)
+                    storage_dtype=a.storage_dtype, shard_size=a.shard_size, reuse_prefix=not a.no_prefix_reuse)
     print(f"wrote {store.root} ({len(data)} images x {len(variants)} variants x {store.n_layers} layers)")
     return 0
 
