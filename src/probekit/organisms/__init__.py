@@ -98,6 +98,16 @@ def _fmt_acc(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def load_note(report: dict) -> str:
     """What the machine was doing while the organism trained (1-min load average at start and end)."""
     load = report.get("load_average_1min")
@@ -130,7 +140,9 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
         f"- class: `{'LlavaForConditionalGeneration' if r.family == 'llava' else 'Qwen2VLForConditionalGeneration'}` "
         f"(transformers), processor saved alongside (`AutoProcessor.from_pretrained`)",
         f"- parameters: {report['parameters']:,}",
-        f"- safetensors size: {size:,} bytes ({size / 2**20:.2f} MiB), float32",
+        f"- safetensors size: {size:,} bytes ({size / 2**20:.2f} MiB), float32; sha256 "
+        + ", ".join(f"`{_sha256_file(p)}`" for p in sorted(out_dir.glob("*.safetensors")))
+        + (f" — {report['reproduced']}" if report.get("reproduced") else ""),
         f"- seed: {r.seed}",
         f"- training time (measured): {report['train_seconds']:.0f} s wall = {report['train_seconds'] / 60:.1f} min, "
         f"process CPU time {report['train_cpu_seconds']:.0f} s = {report['train_cpu_seconds'] / 60:.1f} min (user+sys), "
