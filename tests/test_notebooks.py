@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
 CHAPTERS = ("01_setup", "02_four_stages", "03_decision_vs_format", "04_architecture_comparison")
-# 06_visual_layer_selection has its own tests (tests/test_vision_chapter.py: parameters, papermill + nbval)
+# 05_visual_tokens and 06_visual_layer_selection have their own tests (tests/test_visual_tokens.py,
+# tests/test_vision_chapter.py: parameters, papermill + nbval)
 RECORD = "application/vnd.probekit.record+json"
 REQUIRED = ("model_id", "dataset", "data_root", "n_per_class", "variants", "device", "dtype", "cache_dir", "seed")
 

@@ -111,3 +111,34 @@ def test_manifest_is_deterministic_and_reader_checks(tmp_path):
         a.features("nope")
     with pytest.raises(StoreError, match="not an activation store"):
         ActivationStore.open(tmp_path / "missing")
+
+
+def test_named_arrays_round_trip_and_checks(tmp_path):
+    shapes = {"keys": (3, 5, 4), "vision": (5, 2)}
+    data = {k: torch.randn(N, *v, generator=torch.Generator().manual_seed(1)) for k, v in shapes.items()}
+
+    def create(root, quantities=shapes):
+        return ActivationStore.create(root, key={"kind": "arrays"}, variants=[], n_items=N, ids=[str(i) for i in range(N)],
+                                      labels=[0] * N, classes=["x"], n_layers=L, hidden_size=D, shard_size=4,
+                                      quantities=quantities)
+
+    store = create(tmp_path / "a")
+    for s, (a, b) in enumerate(store.shard_ranges()):
+        store.write_arrays(s, {k: v[a:b] for k, v in data.items()})
+    again = ActivationStore.open(tmp_path / "a")
+    assert again.quantities == shapes
+    np.testing.assert_array_equal(again.array("keys"), data["keys"].numpy())
+    np.testing.assert_array_equal(again.array("keys", 2), data["keys"][:, 2].numpy())
+    np.testing.assert_array_equal(again.array("vision"), data["vision"].numpy())
+    with pytest.raises(StoreError, match="unknown quantity 'values'"):
+        again.array("values")
+    with pytest.raises(StoreError, match="out of range 0..2"):
+        again.array("keys", 3)
+    with pytest.raises(StoreError, match="expected"):  # a wrong shape is refused, not written
+        store.write_arrays(0, {"keys": data["keys"][:4, :2], "vision": data["vision"][:4]})
+    with pytest.raises(StoreError, match="quantities"):  # same key, other shapes: not mixed
+        create(tmp_path / "a", {"keys": (3, 5, 8), "vision": (5, 2)})
+    with pytest.raises(StoreError, match="not named arrays"):
+        make(tmp_path / "v").write_arrays(0, {})
+    # stores of per-variant states keep their manifest exactly as before (no quantities field)
+    assert "quantities" not in json.loads((make(tmp_path / "v").root / "manifest.json").read_text())

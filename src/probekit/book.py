@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .errors import ProbekitError
 
-CHAPTERS = ("01_setup", "02_four_stages", "03_decision_vs_format", "04_architecture_comparison",
+CHAPTERS = ("01_setup", "02_four_stages", "03_decision_vs_format", "04_architecture_comparison", "05_visual_tokens",
             "06_visual_layer_selection")
 SINGLE_MODEL_CHAPTERS = CHAPTERS[:3]
 COMPARISON_CHAPTER = CHAPTERS[3]
@@ -142,7 +142,8 @@ def status_page(records: Mapping) -> str:
     lines = [
         "# Reproduction status",
         "",
-        "Each claim of paper A (arXiv 2508.20279) beside what this build measured. **Reported** values are taken",
+        "Each claim of paper A (arXiv 2508.20279) — and, in rows marked (B) and (C), of papers B (arXiv 2510.04819)",
+        "and C (arXiv 2504.21447) — beside what this build measured. **Reported** values are taken",
         "only from the project's reference notes (`shared/reference/papers.md`) and labelled **confirmed** (the",
         "paper's abstract or official material) or **secondary** (third-party summaries, not checked against the",
         "paper's full text). Where the reference holds no number, none is shown. **Measured** values come from",
@@ -219,9 +220,14 @@ def status_page(records: Mapping) -> str:
     row("Probe accuracy values, image counts, probe regularization", "**unknown** (not in the reference)",
         "see chapter 2" if st else na, f"`{st['model']}`" if st else "—")
     from .vision_chapter import RECORD_NAME as _VL, status_rows as _vl_rows
+    from .visual_tokens_chapter import RECORD_NAME as _VT, status_rows as _vt_rows
 
+    lines += _vt_rows(records.get(_VT))  # paper B (chapter 5), rows marked (B), same table
     lines += _vl_rows(records.get(_VL))  # paper C (chapter 6), rows marked (C), same table
     lines += ["", "## Notes", "",
+              "- Rows marked (B) are paper B's (arXiv 2510.04819) claims; chapter 5 measures them on the image tokens' "
+              "keys and values with ground truth at the resolution of the image-token grid; temporal correspondence, "
+              "referring expressions and the BLINK analysis were not run.",
               "- Rows marked (C) are paper C's (arXiv 2504.21447) claims; chapter 6 measures them with linear probes "
               "on the vision tower's layers — paper C's main experiment (one MLLM trained per layer choice) was not "
               "run.",

@@ -7,7 +7,8 @@ Every function takes plain arrays, so each can be checked on synthetic inputs:
   when at least ``min_fraction`` (default 0.5) of its pixels are ink;
 - :func:`few_shot_segmentation` — a logistic-regression classifier (scikit-learn, standardized features) trained
   on the tokens of ``shots`` images, scored on held-out images' tokens: mIoU (mean of the foreground and the
-  background IoU, ``jaccard_score(average="macro")``) and balanced accuracy, averaged over episodes;
+  background IoU, ``jaccard_score(average="macro")``) and balanced accuracy of all episodes' predictions pooled,
+  with per-image confusion counts for bootstrap intervals;
 - :func:`correspondence` — nearest neighbour (cosine) of every foreground token of an image among the tokens
   of the same image under a known transform (:func:`flip_map`, :func:`shift_map`), scored as PCK: the share of
   points matched to the true cell exactly, and within one cell (Chebyshev distance ≤ 1); chance = a uniformly
@@ -147,27 +148,55 @@ def segmentation_episodes(pool: Sequence[int], y: np.ndarray, *, shots: int, epi
 
 def few_shot_segmentation(X: np.ndarray, y: np.ndarray, episodes: Sequence[np.ndarray], test: Sequence[int], *,
                           C: float = 1.0, seed: int = 0) -> dict:
-    """Foreground vs background per token. ``X`` ``[n, T, d]`` (rows with NaN are left out), ``y`` ``[n, T]``;
+    """Foreground vs background per token. ``X`` ``[n, T, d]`` (tokens with NaN are left out), ``y`` ``[n, T]``;
     each episode trains ``StandardScaler + LogisticRegression(C)`` on the tokens of its images and predicts the
-    tokens of the ``test`` images. Returns mean (and sd over episodes) of mIoU and balanced accuracy."""
+    tokens of the ``test`` images.
+
+    Returns ``miou`` (``jaccard_score(average="macro")``: the mean of the foreground and background IoU) and
+    ``balanced_accuracy`` of all episodes' predictions pooled, the per-episode spread (``*_sd``), and ``counts``
+    ``[len(test), 4]``: per test image the (TP, FP, FN, TN) of the foreground summed over episodes, from which
+    :func:`miou_from_counts` recomputes the pooled mIoU (for bootstrap intervals over images)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, jaccard_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, bool)
     ok = ~np.isnan(X).any(-1)  # [n, T]
     test = np.asarray(test)
+    img = np.broadcast_to(np.arange(len(test))[:, None], ok[test].shape)[ok[test]]  # test image of each token
     Xte, yte = X[test][ok[test]], y[test][ok[test]]
-    miou, bacc = [], []
+    counts = np.zeros((len(test), 4), np.int64)
+    preds, per_miou, per_bacc = [], [], []
     for pick in episodes:
         Xtr, ytr = X[pick][ok[pick]], y[pick][ok[pick]]
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed))
-        pred = clf.fit(Xtr, ytr).predict(Xte)
-        miou.append(jaccard_score(yte, pred, average="macro"))
-        bacc.append(balanced_accuracy_score(yte, pred))
-    return {"miou": float(np.mean(miou)), "miou_sd": float(np.std(miou)), "balanced_accuracy": float(np.mean(bacc)),
-            "balanced_accuracy_sd": float(np.std(bacc)), "n_test_tokens": int(len(yte)), "episodes": len(episodes)}
+        pred = clf.fit(Xtr, ytr).predict(Xte).astype(bool)
+        preds.append(pred)
+        per_miou.append(jaccard_score(yte, pred, average="macro", zero_division=0.0))
+        per_bacc.append(balanced_accuracy_score(yte, pred))
+        for j, cell in enumerate((pred & yte, pred & ~yte, ~pred & yte, ~pred & ~yte)):
+            counts[:, j] += np.bincount(img[cell], minlength=len(test))
+    yy, pp = np.tile(yte, len(preds)), np.concatenate(preds)
+    return {"miou": float(jaccard_score(yy, pp, average="macro", zero_division=0.0)),
+            "balanced_accuracy": float(balanced_accuracy_score(yy, pp)),
+            "miou_sd": float(np.std(per_miou)), "balanced_accuracy_sd": float(np.std(per_bacc)),
+            "counts": counts, "n_test_tokens": len(yte), "episodes": len(preds)}
+
+
+def miou_from_counts(counts: np.ndarray) -> np.ndarray:
+    """mIoU (mean of foreground and background IoU) from (TP, FP, FN, TN) counts ``[..., 4]``."""
+    tp, fp, fn, tn = np.moveaxis(np.asarray(counts, np.float64), -1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 0.5 * (np.nan_to_num(tp / (tp + fp + fn)) + np.nan_to_num(tn / (tn + fn + fp)))
+
+
+def balanced_accuracy_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Balanced accuracy (mean recall of foreground and background) from (TP, FP, FN, TN) ``[..., 4]``."""
+    tp, fp, fn, tn = np.moveaxis(np.asarray(counts, np.float64), -1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 0.5 * (tp / (tp + fn) + tn / (tn + fp))
 
 
 # ---- (b) correspondence --------------------------------------------------------------------------------------
@@ -189,7 +218,8 @@ def correspondence(src: np.ndarray, tgt: np.ndarray, mapping: np.ndarray, points
     ``points`` ``[n, C]`` (e.g. the source's foreground cells) whose true target ``mapping[c]`` exists.
 
     ``pck0``: share matched to exactly the true cell; ``pck1``: within one cell (Chebyshev distance ≤ 1);
-    ``chance0`` / ``chance1``: the same for a uniformly random target cell."""
+    ``chance0`` / ``chance1``: the same for a uniformly random target cell; ``hits0`` / ``hits1`` / ``points``
+    ``[n]``: per image (for bootstrap intervals over images)."""
     rows, cols = grid
     mapping = np.asarray(mapping)
     pts = np.asarray(points, bool) & (mapping >= 0)[None]
@@ -202,7 +232,8 @@ def correspondence(src: np.ndarray, tgt: np.ndarray, mapping: np.ndarray, points
     near = (np.maximum(np.abs(r[:, None] - r[None]), np.abs(c[:, None] - c[None])) <= 1).sum(1)  # per true cell
     return {"pck0": float((d[pts] == 0).mean()), "pck1": float((d[pts] <= 1).mean()),
             "chance0": 1.0 / (rows * cols), "chance1": float((near[true[pts]] / (rows * cols)).mean()),
-            "n_points": int(pts.sum())}
+            "n_points": int(pts.sum()), "hits0": ((d == 0) & pts).sum(1), "hits1": ((d <= 1) & pts).sum(1),
+            "points": pts.sum(1)}
 
 
 # ---- (c) text-query segmentation -----------------------------------------------------------------------------
@@ -267,6 +298,6 @@ def input_agnostic(ratio: np.ndarray, layers: Sequence[int], *, n_layers: int, t
     return out
 
 
-__all__ = ["INK", "MIN_FRACTION", "by_cell", "cell_edges", "correspondence", "few_shot_segmentation", "flip_images",
-           "flip_map", "foreground_masks", "input_agnostic", "key_variance", "late_layers", "nearest_cells",
+__all__ = ["INK", "MIN_FRACTION", "balanced_accuracy_from_counts", "by_cell", "cell_edges", "correspondence", "few_shot_segmentation", "flip_images",
+           "flip_map", "foreground_masks", "input_agnostic", "key_variance", "late_layers", "miou_from_counts", "nearest_cells",
            "query_auroc", "query_scores", "segmentation_episodes", "shift_images", "shift_map", "shift_pixels"]

@@ -4,7 +4,6 @@ The processor returns ``image_sizes`` beside ``pixel_values``; the number of ima
 image's aspect ratio, so prompts of one batch can differ in length (right padding handles it).
 """
 
-import numpy as np
 import torch
 
 from .base import Adapter, _vit_states
