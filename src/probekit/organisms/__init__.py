@@ -98,7 +98,7 @@ def _fmt_acc(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -141,7 +141,7 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
         f"(transformers), processor saved alongside (`AutoProcessor.from_pretrained`)",
         f"- parameters: {report['parameters']:,}",
         f"- safetensors size: {size:,} bytes ({size / 2**20:.2f} MiB), float32; sha256 "
-        + ", ".join(f"`{_sha256_file(p)}`" for p in sorted(out_dir.glob("*.safetensors")))
+        + ", ".join(f"`{sha256_file(p)}`" for p in sorted(out_dir.glob("*.safetensors")))
         + (f" — {report['reproduced']}" if report.get("reproduced") else ""),
         f"- seed: {r.seed}",
         f"- training time (measured): {report['train_seconds']:.0f} s wall = {report['train_seconds'] / 60:.1f} min, "

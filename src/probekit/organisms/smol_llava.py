@@ -26,7 +26,6 @@ It is an **organism**, not LLaVA: results on it are this organism's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError
+from . import sha256_file as _sha256
 
 NAME = "smol-llava"
 BUILD_VERSION = 1  # bump when the assembly changes (invalidates cached builds)
@@ -119,13 +119,6 @@ def _require(module: str, dist: str):
     except ImportError:
         raise ModelLoadError(f"{NAME} reads its parts with the {module!r} package; install it with\n  {PIP_READERS}") from None
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _wheel_version(dist: str) -> str | None:
