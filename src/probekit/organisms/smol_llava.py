@@ -490,6 +490,7 @@ def _answer_loss(model, inputs: dict):
 
 def train_smol_llava(out_dir=None, *, seed: int = 0, steps: int = 300, batch: int = 16, lr: float = 1e-3,
                      naming_fraction: float = 0.2, digits_fraction: float = 0.3, paired: bool = True,
+                     variant_weights: dict[str, float] | None = None,
                      eval_per_class: int = 20, digits_per_class: int | None = 10,
                      threads: int | None = None, write_shipped: bool = True, init_projector=None,
                      previous_segments: list[dict] | None = None, log=print) -> dict:
@@ -499,6 +500,8 @@ def train_smol_llava(out_dir=None, *, seed: int = 0, steps: int = 300, batch: in
     question and differ in the answer: a paper-A variant asked of one Fashion-MNIST and one digit image
     (so the text alone cannot give the answer), or naming asked of two images of different classes of one
     domain (``digits_fraction`` of naming pairs are digits); otherwise examples are drawn one by one.
+    ``variant_weights`` (paired batches only) draws the paper-A variants with these relative weights instead of
+    uniformly (e.g. ``{"one_zero": 4}`` to spend more of a segment on the output-format variant).
     Then the held-out behaviour is measured and, with ``write_shipped``,
     the projector + model card are written to ``shipped/smol-llava/`` and the full model is built into
     ``out_dir`` (default: the cache) from them. ``init_projector`` (a projector safetensors file) continues
@@ -561,7 +564,11 @@ def train_smol_llava(out_dir=None, *, seed: int = 0, steps: int = 300, batch: in
                 own = "fashion" if rng.random() < 0.5 else "digits"
                 other = "digits" if own == "fashion" else "fashion"
                 v = _variants(CONCEPTS[own], CONCEPTS[other])
-                v = v[rng.integers(len(v))]
+                if variant_weights:
+                    w = np.array([float(variant_weights.get(x.name, 1.0)) for x in v])
+                    v = v[rng.choice(len(v), p=w / w.sum())]
+                else:  # uniform (the draw of the first segments; keeps them reproducible)
+                    v = v[rng.integers(len(v))]
                 flipped = v.answers[1] if v.expected == v.answers[0] else v.answers[0]
                 q = v.text
                 pair = ((own, draw(own), v.expected), (other, draw(other), flipped))
@@ -576,7 +583,7 @@ def train_smol_llava(out_dir=None, *, seed: int = 0, steps: int = 300, batch: in
     train_seconds = time.perf_counter() - t0
     report = {
         "seed": seed, "steps": steps, "batch": batch, "lr": lr, "naming_fraction": naming_fraction,
-        "digits_fraction": digits_fraction, "paired": paired, "setup_seconds": round(setup, 1),
+        "digits_fraction": digits_fraction, "paired": paired, "variant_weights": variant_weights, "setup_seconds": round(setup, 1),
         "load_average_1min": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2),
                               "cores": os.cpu_count()},
         "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(time.process_time() - c0, 1),
@@ -783,6 +790,21 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _reproduce_line(seg: dict) -> str:
+    args = (f"seed={seg['seed']}, steps={seg['steps']}, lr={seg['lr']}, naming_fraction={seg['naming_fraction']}, "
+            f"threads={seg.get('torch_threads', 1)}")
+    if seg.get("variant_weights"):
+        args += f", variant_weights={seg['variant_weights']!r}"
+    if seg.get("init_projector"):
+        args += ", init_projector='previous.safetensors'"
+    return f"python -c \"from probekit.organisms.smol_llava import train_smol_llava as t; t({args})\""
+
+
+def _weights_note(seg: dict) -> str:
+    w = seg.get("variant_weights")
+    return f", variants drawn with weights {w} (others 1)" if w else ""
+
+
 def write_card(report: dict, checks: dict | None = None, build_seconds: float | None = None,
                path: Path | None = None) -> Path:
     """The model card ``shipped/smol-llava/README.md`` from the training report (+ conversion checks)."""
@@ -884,7 +906,7 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
            f"Examples are drawn one by one ({report['digits_fraction']:.0%} digits). ")
         + "Loss on the answer tokens (+ `<|im_end|>`) only.",
         *[f"- segment {i + 1}: {seg['steps']} steps x batch {seg['batch']}, AdamW lr {seg['lr']} (5 % warm-up, cosine "
-          f"to 10 %), naming {seg['naming_fraction']:.0%}, seed {seg['seed']}, from "
+          f"to 10 %), naming {seg['naming_fraction']:.0%}{_weights_note(seg)}, seed {seg['seed']}, from "
           f"{'a fresh seeded projector' if not seg.get('init_projector') else 'the previous segment'}; loss "
           f"{seg['loss']['loss_first']} -> {seg['loss']['loss_last']}; {seg['train_seconds']:.0f} s wall; held-out "
           "after it: " + "; ".join(f"{k} " + ", ".join(f"{v} {_pct(m[v])}" for v in m if isinstance(m[v], float))
@@ -892,7 +914,7 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
           for i, seg in enumerate(report.get('previous_segments') or [])],
         f"- {'final segment: ' if report.get('previous_segments') else ''}{report['steps']} steps x batch "
         f"{report['batch']}, AdamW lr {report['lr']} (5 % warm-up, cosine to 10 %), naming "
-        f"{report['naming_fraction']:.0%}, seed {report['seed']}"
+        f"{report['naming_fraction']:.0%}{_weights_note(report)}, seed {report['seed']}"
         f"{', continuing from the previous segment' if report.get('init_projector') else ''}; loss "
         f"{report['loss']['loss_first']} -> {report['loss']['loss_last']}.",
         f"- time (measured{', final segment' if report.get('previous_segments') else ''}): "
@@ -924,14 +946,9 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "```",
         f"{PIP_WHEELS}",
         f"{PIP_READERS} onnxruntime",
-        *[f"python -c \"from probekit.organisms.smol_llava import train_smol_llava as t; t(seed={seg['seed']}, "
-          f"steps={seg['steps']}, lr={seg['lr']}, naming_fraction={seg['naming_fraction']}, threads=1"
-          + (", init_projector='previous.safetensors'" if seg.get('init_projector') else "")
-          + ")\"  # then: cp src/probekit/organisms/shipped/smol-llava/projector.safetensors previous.safetensors"
-          for seg in (report.get('previous_segments') or [])],
-        f"python -c \"from probekit.organisms.smol_llava import train_smol_llava as t; t(seed={report['seed']}, "
-        f"steps={report['steps']}, lr={report['lr']}, naming_fraction={report['naming_fraction']}, threads=1"
-        + (", init_projector='previous.safetensors'" if report.get('init_projector') else "") + ")\"",
+        *[_reproduce_line(seg) + "  # then: cp src/probekit/organisms/shipped/smol-llava/projector.safetensors "
+          "previous.safetensors" for seg in (report.get('previous_segments') or [])],
+        _reproduce_line(report),
         "python -c \"from probekit.organisms.smol_llava import build_smol_llava; print(build_smol_llava())\"",
         "```",
         "",
