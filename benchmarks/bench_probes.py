@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     ap.add_argument("--train-per-class", type=int, default=4)
     ap.add_argument("--test-per-class", type=int, default=3)
     ap.add_argument("--C", type=float, default=1.0)
-    ap.add_argument("--tol", type=float, default=1e-4, help="stopping rule of both solvers (the default of both)")
+    ap.add_argument("--tol", type=float, default=1e-5, help="stopping rule of both solvers (LayerProbes' default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="BLAS/torch threads for both sides (1: robust to a busy machine)")
     a = ap.parse_args(argv)
