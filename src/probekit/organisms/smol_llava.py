@@ -800,6 +800,15 @@ def _reproduce_line(seg: dict) -> str:
     return f"python -c \"from probekit.organisms.smol_llava import train_smol_llava as t; t({args})\""
 
 
+def _total_line(report: dict) -> str:
+    segs = [*report["previous_segments"], report]
+    threads = sorted({x.get("torch_threads", 1) for x in segs})
+    return (f"- total over the {len(segs)} segments: {sum(x['train_seconds'] for x in segs) / 60:.0f} min wall, "
+            f"{sum(x['train_cpu_seconds'] for x in segs) / 60:.0f} min process CPU, "
+            f"{sum(x['steps'] for x in segs)} steps x batch {report['batch']} (torch threads per segment: "
+            f"{', '.join(str(x.get('torch_threads', 1)) for x in segs)}{'' if len(threads) == 1 else '; CPU time counts both'}).")
+
+
 def _weights_note(seg: dict) -> str:
     w = seg.get("variant_weights")
     return f", variants drawn with weights {w} (others 1)" if w else ""
@@ -892,9 +901,9 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "## Training (LLaVA stage 1: projector only, both parts frozen)",
         "",
         f"- data: Fashion-MNIST **train** ({report['train_images']['fashion']:,} images) and the train 2/3 of "
-        f"scikit-learn's digits ({report['train_images']['digits']} images, seeded stratified split), "
-        f"{report['digits_fraction']:.0%} of examples digits. Fashion-MNIST test and the held-out third of the digits "
-        "are never trained on.",
+        f"scikit-learn's digits ({report['train_images']['digits']} images, seeded stratified split)"
+        + ("" if report.get("paired") else f", {report['digits_fraction']:.0%} of examples digits")
+        + ". Fashion-MNIST test and the held-out third of the digits are never trained on.",
         "- questions: paper A's anchor and every variant (`probekit.prompts.paper_a_variants`: picture, feature, "
         "negation, one_zero) about either domain's concept ('a fashion item', 'a handwritten digit'; the negation "
         "variant names the other one), and naming "
@@ -921,6 +930,7 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         f"{report['train_seconds']:.0f} s = {report['train_seconds'] / 60:.1f} min wall including "
         f"{report['setup_seconds']:.0f} s of assembly, {report['torch_threads']} torch thread, process CPU "
         f"{report['train_cpu_seconds']:.0f} s. " + load_note(report),
+        *([_total_line(report)] if report.get("previous_segments") else []),
         "- no stage 2 (no LLM or vision fine-tuning): it did not fit the time budget.",
         "",
         "## Held-out behaviour",
@@ -955,7 +965,7 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "Full numbers: `training.json`; fingerprint of the rebuilt model: `fingerprint.json`.",
     ]
     if build_seconds is not None:
-        L.insert(L.index("## Reproduce") + 2, f"A build from the wheels took {build_seconds:.0f} s here (shared machine).\n")
+        L.insert(L.index("## Reproduce") + 2, f"A build from the wheels took {build_seconds:.0f} s here.\n")
     path.write_text("\n".join(L) + "\n")
     return path
 
