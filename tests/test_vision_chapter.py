@@ -17,7 +17,6 @@ from probekit.vision_tasks import TASKS
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "06_visual_layer_selection.ipynb"
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
-REQUIRED = ("model_id", "dataset", "data_root", "n_per_class", "device", "dtype", "cache_dir", "seed")
 RECORD = "application/vnd.probekit.record+json"
 
 
@@ -62,16 +61,6 @@ def test_pipeline_end_to_end_and_cached(tiny4, tmp_path):
     assert "fusion" in vc.findings_note(vr, res) and len(vc.summary_table(vr, res)) == len(TASKS)
     with pytest.raises(ProbekitError, match="not supported"):
         vc.run(str(tiny4), dataset="imagenet-dogs", cache_dir=tmp_path, lm=vr.lm)
-
-
-def test_parameters_cell():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(cells) == 1
-    ns = {}
-    exec(cells[0].source, ns)
-    assert not set(REQUIRED) - set(ns)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "the source notebook holds no outputs"
 
 
 @pytest.mark.slow
