@@ -130,7 +130,11 @@ def parameters_table(params: dict) -> pd.DataFrame:
 
 
 def _quiet() -> None:
-    """No progress bars from transformers in chapter outputs (they are widgets in a kernel, and noise)."""
+    """No progress bars or deprecation notices from transformers in chapter outputs (widgets in a kernel, noise,
+    and output that only a first, uncached run prints — which nbval would flag as a difference)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     try:
         from transformers.utils import logging as hf_logging
 
