@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--root", help="book root with _config.yml, _toc.yml, notebooks/ (default: found from the cwd)")
     b.add_argument("--out", help="where the executed notebooks and _build/html go (default: <root>/book)")
     b.add_argument("--model-id", help="model of chapters 01-03 (default: the notebooks' default, smol-llava)")
-    b.add_argument("--model-ids", help="comma-separated models of chapter 04 (default: the organism family)")
+    b.add_argument("--model-ids", help="comma-separated models of chapter 04 (default: the five organisms and smol-llava)")
     b.add_argument("--n-per-class", type=_positive_int, help="images per class (default: the notebooks' default)")
     b.add_argument("--cache-dir", help="activation cache (default: <root>/.cache/probekit)")
     b.add_argument("--chapters", nargs="+", help="only these chapters (e.g. 01_setup 02_four_stages)")
@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("name", choices=[*ORGANISMS, SMOL, "all"], metavar="NAME",
                    help=f"one of {', '.join(ORGANISMS)}, {SMOL} (projector of the realistic organism; its card and "
                         "projector go to src/probekit/organisms/shipped/smol-llava), or all (the from-scratch ones)")
-    t.add_argument("--out", help="output directory (default ./organisms/NAME; for 'all' the parent directory)")
+    t.add_argument("--out", help="output directory (default ./organisms/NAME; for 'all' the parent directory; for "
+                   f"{SMOL} where the full model is built, default the probekit cache)")
     t.add_argument("--seed", type=int, help="override the recipe's seed")
     t.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     return p
