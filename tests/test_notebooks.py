@@ -3,33 +3,17 @@ disk (a re-run with models other than the default), then nbval re-executes the e
 kernel and compares every output — the tables and charts that carry results included — with altair's random
 div ids sanitized (tests/nbval_sanitize.cfg)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import nbformat
 import pytest
+from notebook_tools import NOTEBOOKS, RECORD, assert_nbval, outputs, run_papermill
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ROOT / "notebooks"
-SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
 CHAPTERS = ("01_setup", "02_four_stages", "03_decision_vs_format", "04_architecture_comparison")
 # 05_visual_tokens and 06_visual_layer_selection have their own tests (tests/test_visual_tokens.py,
 # tests/test_vision_chapter.py: papermill + nbval); every chapter's parameters cell is checked here
 BOOK_CHAPTERS = tuple(p.stem for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")))
-RECORD = "application/vnd.probekit.record+json"
 REQUIRED = ("model_id", "dataset", "data_root", "n_per_class", "variants", "device", "dtype", "cache_dir", "seed")
 
 pytestmark = pytest.mark.slow
-
-
-def run_papermill(name, out_dir, params):
-    import papermill as pm
-
-    out = Path(out_dir) / f"{name}.ipynb"
-    pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=params, cwd=str(ROOT),
-                        progress_bar=False, log_output=False, kernel_name="python3")
-    return out
 
 
 def small_params(name, tiny_dirs, cache):
@@ -46,13 +30,6 @@ def executed(tiny_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("nb")
     cache = tmp_path_factory.mktemp("cache")
     return {n: run_papermill(n, out, small_params(n, tiny_dirs, cache)) for n in CHAPTERS}
-
-
-def outputs(nb, mime):
-    for cell in nb.cells:
-        for o in cell.get("outputs", []):
-            if mime in o.get("data", {}):
-                yield o["data"][mime]
 
 
 @pytest.mark.parametrize("name", BOOK_CHAPTERS)
@@ -72,12 +49,7 @@ def test_parameters_cell(name):
 @pytest.mark.parametrize("name", CHAPTERS)
 def test_nbval(executed, name):
     """nbval re-executes the papermill output and compares every output (sanitized ids)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", str(executed[name]), "--nbval-current-env",
-         "--nbval-sanitize-with", str(SANITIZE), "-p", "no:cacheprovider", "-q", "--no-header",
-         "--rootdir", str(executed[name].parent), "-c", "/dev/null"],
-        capture_output=True, text=True, cwd=executed[name].parent, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert_nbval(executed[name])
 
 
 def test_results_carried_by_outputs(executed, tiny_dirs):

@@ -2,13 +2,12 @@
 for the reproduction-status page, and the notebook (papermill with small parameters, then nbval)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
+from notebook_tools import RECORD, assert_nbval, outputs, run_papermill
 
 from probekit import vision_chapter as vc
 from probekit.errors import ProbekitError
@@ -16,8 +15,6 @@ from probekit.vision_tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "06_visual_layer_selection.ipynb"
-SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
-RECORD = "application/vnd.probekit.record+json"
 
 
 @pytest.fixture(scope="module")
@@ -65,20 +62,11 @@ def test_pipeline_end_to_end_and_cached(tiny4, tmp_path):
 
 @pytest.mark.slow
 def test_notebook_papermill_then_nbval(tiny4, tmp_path):
-    import papermill as pm
-
-    out = tmp_path / "06_visual_layer_selection.ipynb"
-    pm.execute_notebook(str(NOTEBOOK), str(out), parameters={"model_id": str(tiny4), "n_per_class": 4,
-                                                             "cache_dir": str(tmp_path / "cache"), "seed": 0},
-                        cwd=str(ROOT), progress_bar=False, log_output=False, kernel_name="python3")
+    out = run_papermill("06_visual_layer_selection", tmp_path, {"model_id": str(tiny4), "n_per_class": 4,
+                                                             "cache_dir": str(tmp_path / "cache"), "seed": 0})
     nb = nbformat.read(out, as_version=4)
-    html = "\n".join(o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", [])
-                     if "text/html" in o.get("data", {}))
+    html = "\n".join(outputs(nb, "text/html"))
     assert html.count("altair-viz-") >= 2 and f"Model: {tiny4}" in html and "seed = 0" in html
-    rec = next(o["data"][RECORD] for c in nb.cells for o in c.get("outputs", []) if RECORD in o.get("data", {}))
+    rec = next(outputs(nb, RECORD))
     assert rec["name"] == vc.RECORD_NAME and rec["vision_layers"] == 4
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", str(out), "--nbval-current-env", "--nbval-sanitize-with",
-         str(SANITIZE), "-p", "no:cacheprovider", "-q", "--no-header", "--rootdir", str(tmp_path), "-c", "/dev/null"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert_nbval(out)

@@ -3,13 +3,12 @@ on synthetic inputs with known answers; the chapter pipeline end to end on a tin
 record); the notebook (parameters, then papermill with small parameters and nbval)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
+from notebook_tools import RECORD, assert_nbval, outputs, run_papermill
 
 from probekit import visual_tokens as vt
 from probekit import visual_tokens_chapter as vtc
@@ -17,8 +16,6 @@ from probekit.errors import ProbekitError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_visual_tokens.ipynb"
-SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
-RECORD = "application/vnd.probekit.record+json"
 
 
 # ---- the foreground rule --------------------------------------------------------------------------------------
@@ -250,21 +247,12 @@ def test_default_parameters():
 
 @pytest.mark.slow
 def test_notebook_papermill_then_nbval(tiny_dirs, tmp_path):
-    import papermill as pm
-
     model = str(tiny_dirs["qwen2_vl"])  # a re-run with another class than the default's
-    out = tmp_path / "05_visual_tokens.ipynb"
-    pm.execute_notebook(str(NOTEBOOK), str(out), parameters={"model_id": model, "n_per_class": 3, "shots": 3,
-                                                             "cache_dir": str(tmp_path / "cache"), "seed": 0},
-                        cwd=str(ROOT), progress_bar=False, log_output=False, kernel_name="python3")
+    out = run_papermill("05_visual_tokens", tmp_path, {"model_id": model, "n_per_class": 3, "shots": 3,
+                                                             "cache_dir": str(tmp_path / "cache"), "seed": 0})
     nb = nbformat.read(out, as_version=4)
-    html = "\n".join(o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", [])
-                     if "text/html" in o.get("data", {}))
+    html = "\n".join(outputs(nb, "text/html"))
     assert html.count("altair-viz-") >= 3 and f"Model: {model}" in html and "seed = 0" in html
-    rec = next(o["data"][RECORD] for c in nb.cells for o in c.get("outputs", []) if RECORD in o.get("data", {}))
+    rec = next(outputs(nb, RECORD))
     assert rec["name"] == vtc.RECORD_NAME and rec["grid"] == [2, 2] and rec["blocks"] == 3
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", str(out), "--nbval-current-env", "--nbval-sanitize-with",
-         str(SANITIZE), "-p", "no:cacheprovider", "-q", "--no-header", "--rootdir", str(tmp_path), "-c", "/dev/null"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert_nbval(out)
