@@ -32,7 +32,7 @@ def test_shared_prefix_equals_one_forward_per_prompt(family, position, tiny_mode
     lm = tiny_models[family]
     vs = paper_a_variants(fashion.concept, fashion.negation)
     prompts = {v.name: ex.template(lm, v.text) for v in vs}
-    answers = ex.answer_sets(lm.tokenizer, vs)
+    answers = ex.answer_plan(lm, prompts, vs)
     images = _images(fashion, family)
     plan = ex.shared_prefix(lm, prompts, images[0])
     assert plan is not None and all(len(s) >= 1 for s in plan.suffixes.values())
@@ -43,7 +43,7 @@ def test_shared_prefix_equals_one_forward_per_prompt(family, position, tiny_mode
     pairs = [(i, v) for i in range(len(images)) for v in names]
     ref = ex.forward_batch(lm, [prompts[v] for _, v in pairs], [images[i] for i, _ in pairs], position=position,
                            answers=[answers[v] for _, v in pairs])
-    for k in ("hidden", "margin"):
+    for k in ("hidden", "logprob"):
         want = ref[k].reshape(got[k].shape)
         torch.testing.assert_close(got[k], want, atol=ATOL, rtol=0)
     torch.testing.assert_close(got["first_token"], ref["first_token"].reshape(len(images), len(vs)))

@@ -27,7 +27,8 @@ def fill(store, data, only=None):
         names = store.variant_names
         store.write_shard(s, hidden={v: data[a:b, j] for j, v in enumerate(names)},
                           first_token={v: torch.arange(a, b) for v in names},
-                          margin={v: torch.linspace(-1, 1, b - a) for v in names},
+                          logprob={v: torch.stack([torch.linspace(-1, 1, b - a), torch.zeros(b - a)], 1)
+                                   for v in names},
                           first_token_text={v: ["yes"] * (b - a) for v in names})
 
 
@@ -48,6 +49,24 @@ def test_round_trip_is_exact(tmp_path):
     np.testing.assert_array_equal(again.labels, [i % 3 for i in range(N)])
     ans = again.answers()
     assert len(ans) == N * len(VARIANTS) and set(ans.columns) >= {"variant", "family", "margin", "correct"}
+    # margin = logprob(expected) - logprob(other); the preferred answer and "correct" follow its sign
+    for v in VARIANTS:
+        a = ans[ans.variant == v.name].reset_index(drop=True)
+        lp0 = np.concatenate([np.linspace(-1, 1, b - s, dtype=np.float32) for s, b in again.shard_ranges()])
+        want = lp0 if v.expected == v.answers[0] else -lp0
+        np.testing.assert_allclose(a.margin, want, atol=1e-6)
+        assert (a.correct == (a.margin > 0)).all()
+        assert (a.preferred == np.where(a.margin > 0, v.expected, [x for x in v.answers if x != v.expected][0])).all()
+
+
+def test_a_shard_with_a_wrong_logprob_shape_is_refused(tmp_path):
+    store = make(tmp_path / "s")
+    names = store.variant_names
+    with pytest.raises(StoreError, match="logprob has shape"):
+        store.write_shard(0, hidden={v: torch.zeros(4, L, D) for v in names},
+                          first_token={v: torch.zeros(4, dtype=torch.long) for v in names},
+                          logprob={v: torch.zeros(4) for v in names}, first_token_text={v: ["x"] * 4 for v in names})
+    assert store.missing_shards() == [0, 1, 2]
 
 
 def test_half_precision_storage_round_trips_at_that_precision(tmp_path):
@@ -103,7 +122,7 @@ def test_other_key_is_never_mixed(tmp_path):
 def test_manifest_is_deterministic_and_reader_checks(tmp_path):
     a, b = make(tmp_path / "a"), make(tmp_path / "b")
     assert (a.root / "manifest.json").read_bytes() == (b.root / "manifest.json").read_bytes()
-    assert json.loads((a.root / "manifest.json").read_text())["format"] == "probekit-store/1"
+    assert json.loads((a.root / "manifest.json").read_text())["format"] == "probekit-store/2"
     fill(a, rand())
     with pytest.raises(StoreError, match="layers 0..3"):
         a.features("anchor", 7)

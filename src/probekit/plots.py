@@ -241,7 +241,7 @@ def answers_chart(answers: pd.DataFrame, *, cap: str, title: str = "The model's 
         color=alt.Color("family:N"),
         opacity=alt.condition(sel, alt.value(1.0), alt.value(0.2)),
         tooltip=["variant:N", "family:N", "expected:N", alt.Tooltip("correct:Q", format=".3f"),
-                 alt.Tooltip("margin:Q", format=".2f", title="mean logit margin"), "n:Q"],
+                 alt.Tooltip("margin:Q", format=".2f", title="mean log-prob margin (expected - other)"), "n:Q"],
     ).add_params(sel).properties(width=WIDTH - 120)
     return _finish(chart, title, cap)
 

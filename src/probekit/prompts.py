@@ -180,3 +180,99 @@ def messages_for(text: str, *, prefix: str | None = None) -> list[dict]:
         content.append({"type": "text", "text": prefix})
     content += [{"type": "image"}, {"type": "text", "text": text}]
     return [{"role": "user", "content": content}]
+
+
+# ---- answers as token sequences --------------------------------------------------------------------------
+
+def surface_forms(answer: str) -> list[str]:
+    """The ways a model may write ``answer`` right after its generation prompt: as given, capitalised and in
+    lower case, each with and without a leading space (``yes``, ``Yes``, `` yes``, `` Yes``)."""
+    words = dict.fromkeys([answer, answer.capitalize(), answer.lower()])
+    return [space + w for w in words for space in ("", " ")]
+
+
+def answer_token_sequences(tokenizer, prompt: str, answer: str) -> list[tuple[int, ...]]:
+    """Every token sequence ``tokenizer`` writes for a surface form of ``answer`` after ``prompt`` (the templated
+    prompt, ending in the model's generation prompt), sorted.
+
+    Each surface form is tokenized twice: as the continuation of ``prompt`` (the tokens of ``prompt + form``
+    after those of ``prompt``, when tokenizing the two together leaves the prompt's tokens as they are) and on
+    its own. Together these give the forms with and without a word-start marker: Llama-2's SentencePiece writes
+    " 1" after ``ASSISTANT:`` as ``▁``, ``1`` and "Yes" as ``▁Yes``; byte-level BPE (Qwen2) writes ``yes`` and
+    ``Ġyes``.
+    """
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    base = encode(prompt)
+    seqs: dict[tuple[int, ...], None] = {}
+    for form in surface_forms(answer):
+        full = encode(prompt + form)
+        if len(full) > len(base) and full[: len(base)] == base:
+            seqs[tuple(full[len(base):])] = None
+        alone = encode(form)
+        if alone:
+            seqs[tuple(alone)] = None
+    return sorted(seqs)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerForms:
+    """One variant's two answers as the token sequences a model may write for them after its generation prompt.
+
+    ``forms[i]``: the sequences of ``answers[i]`` (none shared with the other answer); ``expected``: the index of
+    the expected answer. An answer's score is the log-probability of its best form, teacher-forced after the
+    prompt (:meth:`score`); no end-of-answer token is scored.
+    """
+
+    variant: str
+    answers: tuple[str, str]
+    expected: int
+    forms: tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]
+
+    @property
+    def rows(self) -> tuple[tuple[int, ...], ...]:
+        """The tokens appended after the prompt, one row each, so that one teacher-forced pass scores every form:
+        each multi-token form without its last token. A single-token form is read at the prompt's last position,
+        which every row has; with only single-token forms there is one row and nothing is appended."""
+        extra = sorted({f[:-1] for fs in self.forms for f in fs if len(f) > 1})
+        return tuple(extra) or ((),)
+
+    def score(self, logprobs):
+        """Best-form log-probability of each answer, ``[n, 2]`` (answers order).
+
+        ``logprobs[r]``: ``[n, 1 + len(rows[r]), vocab]`` log-softmax of the next token at the prompt's last
+        position and after each appended token of row ``r``.
+        """
+        import torch
+
+        row = {r: i for i, r in enumerate(self.rows)}
+        best = []
+        for fs in self.forms:
+            scores = [sum(logprobs[row[f[:-1]] if len(f) > 1 else 0][:, j, t] for j, t in enumerate(f)) for f in fs]
+            best.append(torch.stack(scores, 0).max(0).values)
+        return torch.stack(best, 1)
+
+    def to_dict(self) -> dict:
+        return {"answers": list(self.answers), "expected": self.expected,
+                "forms": [[list(f) for f in fs] for fs in self.forms]}
+
+
+def answer_forms(tokenizer, prompt: str, variant: Variant) -> AnswerForms:
+    """The answer sequences of ``variant`` after its templated ``prompt``.
+
+    A sequence both answers can produce (e.g. "Yes"/"yes" under a lower-casing tokenizer) tells them apart for
+    neither and is dropped; when one answer has no sequence left, the two answers cannot be told apart at all and
+    one PromptError names both.
+    """
+    seqs = [answer_token_sequences(tokenizer, prompt, a) for a in variant.answers]
+    shared = set(seqs[0]) & set(seqs[1])
+    kept = tuple(tuple(s for s in ss if s not in shared) for ss in seqs)
+    if not kept[0] or not kept[1]:
+        raise PromptError(
+            f"variant {variant.name!r}: the answers {variant.answers[0]!r} and {variant.answers[1]!r} are the same "
+            "token sequences under this tokenizer, so the model's preference between them cannot be read; choose "
+            "answers that are written differently"
+        )
+    return AnswerForms(variant=variant.name, answers=variant.answers, expected=variant.answers.index(variant.expected),
+                       forms=kept)

@@ -1,15 +1,20 @@
 """The activation store: per-layer states of images x prompt variants, on disk, resumable.
 
-Format (``probekit-store/1``), one directory::
+Format (``probekit-store/2``), one directory::
 
     manifest.json            what the store holds and the cache key it was written for (deterministic
                              content: two processes writing the same store write the same bytes)
     shard-00000.safetensors  images [start, stop) of the dataset, one tensor per variant and quantity:
         hidden/<variant>     [n, L+1, d]  state at the probed position; layer 0 = embedding output,
                                            1..L = decoder blocks (HF ``hidden_states``)
-        first_token/<variant> [n] int64   the model's greedy next token at the answer position
-        margin/<variant>     [n] float32  logit(expected answer) - logit(the other answer)
+        logprob/<variant>    [n, 2] float32  log-probability of each answer (the variant's ``answers`` order):
+                                           its best token sequence, teacher-forced after the prompt
+        margin/<variant>     [n] float32  logprob(expected answer) - logprob(the other answer)
+        preferred/<variant>  [n] int64    index of the answer the model prefers (the expected one iff margin > 0)
+        first_token/<variant> [n] int64   the model's greedy next token after the prompt (for reference)
       header metadata: key_sha256, start, stop, first-token texts (JSON)
+
+(Format 1 stored a first-token logit margin instead of the answer sequences' log-probabilities.)
 
 A store may instead hold **named arrays** (``quantities`` given to :meth:`ActivationStore.create`; no prompt
 variants): the manifest lists each quantity's per-item shape, each shard holds ``<name>`` ``[n, *shape]``
@@ -41,7 +46,7 @@ from safetensors.torch import save_file
 from .errors import StoreError
 from .prompts import Variant
 
-FORMAT = "probekit-store/1"
+FORMAT = "probekit-store/2"
 MANIFEST = "manifest.json"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -233,22 +238,31 @@ class ActivationStore:
 
     # ---- writing ---------------------------------------------------------------------------------
     def write_shard(self, index: int, hidden: Mapping[str, torch.Tensor], first_token: Mapping[str, torch.Tensor],
-                    margin: Mapping[str, torch.Tensor], first_token_text: Mapping[str, list[str]]) -> None:
-        """Write shard ``index`` atomically. Each mapping is keyed by variant name."""
+                    logprob: Mapping[str, torch.Tensor], first_token_text: Mapping[str, list[str]]) -> None:
+        """Write shard ``index`` atomically. Each mapping is keyed by variant name; ``logprob`` [n, 2] holds each
+        answer's log-probability (margin and preferred answer are derived from it here, so they always agree)."""
         start, stop = self.shard_ranges()[index]
         n, names = stop - start, self.variant_names
         if set(hidden) != set(names):
             raise StoreError(f"shard {index}: variants {sorted(hidden)} do not match the store's {sorted(names)}")
         dtype = STORAGE_DTYPES[self.manifest["storage_dtype"]]
         tensors = {}
-        for v in names:
-            h = hidden[v]
+        for v in self.variants:
+            h = hidden[v.name]
             want = (n, self.n_layers, self.manifest["hidden_size"])
             if tuple(h.shape) != want:
-                raise StoreError(f"shard {index}, variant {v!r}: hidden has shape {tuple(h.shape)}, expected {want}")
-            tensors[f"hidden/{v}"] = h.detach().to("cpu", dtype).contiguous()
-            tensors[f"first_token/{v}"] = first_token[v].detach().to("cpu", torch.int64).contiguous()
-            tensors[f"margin/{v}"] = margin[v].detach().to("cpu", torch.float32).contiguous()
+                raise StoreError(f"shard {index}, variant {v.name!r}: hidden has shape {tuple(h.shape)}, expected {want}")
+            lp = logprob[v.name].detach().to("cpu", torch.float32).contiguous()
+            if tuple(lp.shape) != (n, 2):
+                raise StoreError(f"shard {index}, variant {v.name!r}: logprob has shape {tuple(lp.shape)}, "
+                                 f"expected {(n, 2)}")
+            e = v.answers.index(v.expected)
+            margin = lp[:, e] - lp[:, 1 - e]
+            tensors[f"hidden/{v.name}"] = h.detach().to("cpu", dtype).contiguous()
+            tensors[f"logprob/{v.name}"] = lp
+            tensors[f"margin/{v.name}"] = margin
+            tensors[f"preferred/{v.name}"] = torch.where(margin > 0, e, 1 - e).to(torch.int64)
+            tensors[f"first_token/{v.name}"] = first_token[v.name].detach().to("cpu", torch.int64).contiguous()
         self._save(index, tensors, {"first_token_text": json.dumps({v: list(first_token_text[v]) for v in names})})
 
     def write_arrays(self, index: int, arrays: Mapping[str, torch.Tensor]) -> None:
@@ -335,23 +349,28 @@ class ActivationStore:
         return np.concatenate(parts, axis=0)
 
     def answers(self) -> "pandas.DataFrame":  # noqa: F821
-        """One row per (image, variant): id, label, class, variant, family, expected, first_token, margin, correct."""
+        """One row per (image, variant): id, label, class, variant, family, expected, preferred (the answer the
+        model prefers), logprob_expected, logprob_other, margin (their difference), correct (preferred ==
+        expected), first_token (greedy, decoded)."""
         import pandas as pd
 
         self._require_complete()
         rows = []
-        variants = {v.name: v for v in self.variants}
         ids, labels, classes = self.ids, self.labels, self.classes
         for i, (start, _) in enumerate(self.shard_ranges()):
             with safe_open(self.shard_path(i), framework="pt") as f:
                 texts = json.loads(f.metadata()["first_token_text"])
-                for name, v in variants.items():
-                    margin = f.get_tensor(f"margin/{name}").numpy()
-                    for j, (m, t) in enumerate(zip(margin, texts[name])):
+                for v in self.variants:
+                    e = v.answers.index(v.expected)
+                    lp = f.get_tensor(f"logprob/{v.name}").numpy()
+                    pref = f.get_tensor(f"preferred/{v.name}").numpy()
+                    for j, (p, t) in enumerate(zip(pref, texts[v.name])):
                         k = start + j
                         rows.append({"id": ids[k], "label": int(labels[k]), "class": classes[labels[k]],
-                                     "variant": name, "family": v.family, "expected": v.expected,
-                                     "first_token": t, "margin": float(m), "correct": bool(m > 0)})
+                                     "variant": v.name, "family": v.family, "expected": v.expected,
+                                     "preferred": v.answers[int(p)], "logprob_expected": float(lp[j, e]),
+                                     "logprob_other": float(lp[j, 1 - e]), "margin": float(lp[j, e] - lp[j, 1 - e]),
+                                     "correct": bool(p == e), "first_token": t})
         return pd.DataFrame(rows)
 
 

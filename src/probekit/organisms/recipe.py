@@ -27,8 +27,7 @@ import torch
 from PIL import Image
 
 from .. import build
-from ..extract import answer_sets
-from ..prompts import messages_for, paper_a_variants
+from ..prompts import answer_forms, messages_for, paper_a_variants
 from . import corpus as corpus_mod
 from .tasks import CLASS_NAMES, CONCEPTS, NAMING_PROBE, image_pools, sample_batch
 
@@ -306,7 +305,12 @@ def evaluate(model, processor, *, eval_per_class: int = 100, batch: int = 100, s
         key = "fashion-mnist/test" if domain == "fashion" else "digits/held-out"
         res = {"n": int(len(idx)), "concept_text": CONCEPTS[domain], "negation_text": CONCEPTS[other]}
         variants = paper_a_variants(CONCEPTS[domain], CONCEPTS[other])
-        forms = answer_sets(chat.tokenizer, variants)  # probekit.extract's readout: max over surface forms
+        # the single-token surface forms of each answer (the organisms' answers are single tokens)
+        forms = {}
+        for v in variants:
+            af = answer_forms(chat.tokenizer, chat.prompt(v.text), v)
+            firsts = [sorted({f[0] for f in fs if len(f) == 1}) for fs in af.forms]
+            forms[v.name] = (firsts[af.expected], firsts[1 - af.expected])
         res["any_surface_form"] = {}
         for v in variants:
             pos, neg = chat.first_token(v.answers[0]), chat.first_token(v.answers[1])

@@ -1,0 +1,117 @@
+"""Answers read as token sequences: every readout path equals a brute-force teacher-forced score."""
+
+import importlib
+
+import pytest
+import torch
+
+from conftest import FAMILIES
+from probekit.build import train_tokenizer
+from probekit.errors import PromptError
+from probekit.prompts import AnswerForms, Variant, answer_forms, answer_token_sequences, paper_a_variants
+
+ex = importlib.import_module("probekit.extract")
+ATOL = 1e-4
+
+
+def _brute_force(lm, prompt, image, forms) -> float:
+    """max over forms of sum_j log p(f_j | prompt, f_<j), one full forward per form (no cache, no batching)."""
+    best = -float("inf")
+    for f in forms:
+        enc = lm.processor(text=[prompt], images=[image], return_tensors="pt")
+        ids = torch.cat([enc["input_ids"], torch.tensor([f])], 1)
+        inputs = {**enc, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        for k in ("mm_token_type_ids", "token_type_ids"):
+            if k in enc:
+                inputs[k] = torch.cat([enc[k], torch.zeros(1, len(f), dtype=enc[k].dtype)], 1)
+        with torch.no_grad():
+            logits = lm.model(**inputs).logits[0].float()
+        n = enc["input_ids"].shape[1]
+        lp = torch.log_softmax(logits[n - 1 : n - 1 + len(f)], -1)
+        best = max(best, float(sum(lp[j, t] for j, t in enumerate(f))))
+    return best
+
+
+def _multi_token_plans(lm, variants, prompts):
+    """The real plans, plus made-up multi-token forms that share first tokens (as " 1"/" 0" do under Llama-2)."""
+    plans = ex.answer_plan(lm, prompts, variants)
+    out = {}
+    for i, v in enumerate(variants):
+        p = plans[v.name]
+        a, b, c = 100 + i, 120 + i, 140 + i  # ordinary tokens (the low ids are special, e.g. image tokens)
+        extra = ((a, b), (a, c, b))  # answer 0 gains "a b" and "a c b"; answer 1 gains "a c" (shares "a", "a c")
+        out[v.name] = AnswerForms(p.variant, p.answers, p.expected,
+                                  (p.forms[0] + extra, p.forms[1] + ((a, c),)))
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_path_scores_whole_sequences_like_a_full_forward(family, tiny_models, fashion):
+    lm = tiny_models[family]
+    vs = paper_a_variants(fashion.concept, fashion.negation)
+    prompts = {v.name: ex.template(lm, v.text) for v in vs}
+    plans = _multi_token_plans(lm, vs, prompts)
+    assert all(len(p.rows) >= 2 and any(len(r) == 2 for r in p.rows) for p in plans.values())
+    images = [fashion[i][0] for i in range(3)]
+    plan = ex.shared_prefix(lm, prompts, images[0])
+    seq = ex.forward_shared(lm, images, plan, answers=plans)
+    bat = ex.forward_shared(lm, images, plan, answers=plans, batch_variants=True)
+    pairs = [(i, v) for i in range(len(images)) for v in prompts]
+    ref = ex.forward_batch(lm, [prompts[v] for _, v in pairs], [images[i] for i, _ in pairs],
+                           answers=[plans[v] for _, v in pairs])
+    for k in ("hidden", "logprob"):
+        torch.testing.assert_close(bat[k], seq[k], atol=ATOL, rtol=0)
+        torch.testing.assert_close(ref[k].reshape(seq[k].shape), seq[k], atol=ATOL, rtol=0)
+    assert torch.equal(bat["first_token"], seq["first_token"])
+    for i in (0, 2):
+        for j, v in enumerate(prompts):
+            for a in (0, 1):
+                want = _brute_force(lm, prompts[v], images[i], plans[v].forms[a])
+                assert abs(float(seq["logprob"][i, j, a]) - want) < ATOL, (v, a)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_the_cache_is_left_as_the_prefix_left_it(family, tiny_models, fashion):
+    """Running answer rows (the cache repeated per row) twice gives the same numbers: nothing leaks between passes."""
+    lm = tiny_models[family]
+    vs = paper_a_variants(fashion.concept, fashion.negation)
+    prompts = {v.name: ex.template(lm, v.text) for v in vs}
+    plans = _multi_token_plans(lm, vs, prompts)
+    images = [fashion[i][0] for i in range(2)]
+    plan = ex.shared_prefix(lm, prompts, images[0])
+    once = ex.forward_shared(lm, images, plan, answers=plans)
+    reversed_plan = ex.SharedPrefix(plan.prompts, dict(reversed(plan.suffixes.items())))
+    again = ex.forward_shared(lm, images, reversed_plan, answers=plans)
+    torch.testing.assert_close(again["logprob"].flip(1), once["logprob"], atol=ATOL, rtol=0)
+
+
+def test_extract_stores_preferred_answer_margin_and_first_token(tiny_models, fashion, tmp_path):
+    lm = tiny_models["llava"]
+    vs = paper_a_variants(fashion.concept, fashion.negation)
+    store = ex.extract(lm, fashion.subset(1), vs, tmp_path / "s", progress=False)
+    a = store.answers()
+    assert set(a.preferred) <= {"yes", "no", "1", "0"}
+    assert ((a.margin > 0) == a.correct).all() and (a.margin == a.logprob_expected - a.logprob_other).all()
+    assert (a.logprob_expected <= 0).all() and (a.logprob_other <= 0).all()
+    seqs = store.key["answer_sequences"]
+    assert set(seqs) == {v.name for v in vs} and all(len(s["forms"]) == 2 for s in seqs.values())
+
+
+def test_surface_forms_are_continuations_and_standalone_encodings(tiny_models):
+    tok = tiny_models["qwen2_vl"].tokenizer
+    prompt = "<|im_start|>assistant\n"
+    seqs = answer_token_sequences(tok, prompt, "yes")
+    for form in ("yes", " yes", "Yes", " Yes"):
+        assert tuple(tok.encode(form, add_special_tokens=False)) in seqs
+    base = tok.encode(prompt, add_special_tokens=False)
+    assert tuple(tok.encode(prompt + "yes", add_special_tokens=False)[len(base):]) in seqs
+
+
+def test_answers_that_are_the_same_token_sequences_are_one_clear_error():
+    texts = ["Does this image show a dog? yes no Yes No"] * 20
+    tok = train_tokenizer(texts, vocab_size=60, kind="wordpiece", lowercase=True)
+    v = Variant(name="cased", family="x", text="Is it? Yes or yes?", answers=("Yes", "yes"), expected="Yes")
+    with pytest.raises(PromptError, match=r"'Yes' and 'yes' are the same token sequences"):
+        answer_forms(tok, "Q: Is it?\nA:", v)
+    ok = answer_forms(tok, "Q: Is it?\nA:", Variant("a", "x", "Is it?", ("yes", "no"), "yes"))
+    assert ok.forms[0] and ok.forms[1] and not set(ok.forms[0]) & set(ok.forms[1])
