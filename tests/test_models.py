@@ -130,3 +130,47 @@ def test_weights_hash_cache_drops_files_that_are_gone(tmp_path, monkeypatch):
     keys = list(json.loads(M._HASH_CACHE.read_text()))
     assert len(keys) == 1 and keys[0].startswith(str((b / "model.safetensors").resolve()))
     assert hb != ha and len({ha, hb}) == 2
+
+
+def test_placement_puts_a_model_on_one_gpu_when_it_fits_and_spreads_it_when_not():
+    from probekit.models import HEADROOM, placement
+
+    gib = 1 << 30
+    assert placement("auto", 14 * gib, []) == (torch.device("cpu"), None)  # no GPU: the CPU
+    assert placement("auto", 14 * gib, [40 * gib]) == (torch.device("cuda:0"), None)  # fits one GPU
+    assert placement("auto", int(HEADROOM * 16 * gib) + 1, [16 * gib, 16 * gib]) == (torch.device("cuda:0"), "auto")
+    assert placement("cpu", 100 * gib, [16 * gib]) == (torch.device("cpu"), None)  # an explicit device is kept
+
+
+def test_model_bytes_counts_parameters_without_allocating(tiny_models):
+    from probekit.models import model_bytes
+
+    lm = tiny_models["qwen2_vl"]
+    n = sum(p.numel() for p in lm.model.parameters())
+    arch = type(lm.model).__name__
+    assert model_bytes(lm.config, arch, torch.float32) == 4 * n
+    assert model_bytes(lm.config, arch, torch.bfloat16) == 2 * n
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_device_map_auto_gives_the_same_states_and_answers(family, tiny_dirs, tiny_models, fashion, tmp_path):
+    """accelerate's placement (hooks on every module; all on the CPU here) changes nothing in what is extracted."""
+    from probekit.extract import extract
+
+    mapped = load_model(str(tiny_dirs[family]), dtype="float32", device="auto", device_map="auto")
+    assert mapped.info["device_map"] and mapped.device == torch.device("cpu")
+    vs = paper_a_variants(fashion.concept, fashion.negation)
+    data = fashion.subset(1)
+    a = extract(mapped, data, vs, tmp_path / "mapped", progress=False, shard_size=5)
+    b = extract(tiny_models[family], data, vs, tmp_path / "plain", progress=False, shard_size=5)
+    assert a.extra["device_map"] == "auto" and b.extra["device_map"] is None
+    for v in a.variant_names:
+        torch.testing.assert_close(torch.from_numpy(a.features(v)), torch.from_numpy(b.features(v)), atol=1e-5, rtol=0)
+    x, y = a.answers(), b.answers()
+    assert (x.preferred == y.preferred).all()
+    torch.testing.assert_close(torch.tensor(x.margin.to_numpy()), torch.tensor(y.margin.to_numpy()), atol=1e-4, rtol=0)
+
+
+def test_an_unknown_device_map_is_one_clear_error(tiny_dirs):
+    with pytest.raises(ModelLoadError, match="unknown device_map 'balanced'"):
+        load_model(str(tiny_dirs["llava"]), device_map="balanced")

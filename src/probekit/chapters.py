@@ -220,8 +220,10 @@ def _slug(s: str) -> str:
 
 def store_dir(cache_dir, lm: LoadedModel, data: ImageDataset, variants, position: str = "last") -> Path:
     """The cache directory of one extraction: ``cache_dir/<model slug>/<hash of what changes the numbers>``."""
+    from .extract import READOUT
+
     key = {"model": lm.identity(), "data": data.identity(), "variants": [v.to_dict() for v in variants],
-           "position": position}
+           "position": position, "readout": READOUT}
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / _slug(lm.model_id) / h
 
@@ -373,7 +375,7 @@ def decision_behaviour(run: Run) -> pd.DataFrame:
     vmap = {v.name: v for v in run.variants}
     k = getattr(run.data, "domain_split", len(run.data.classes))
     a["image shows"] = np.where(a.label < k, run.data.concept, run.data.negation)
-    # margin = logit(expected) - logit(other); the correct answer flips for images of the other domain
+    # margin = logprob(expected) - logprob(other); the correct answer flips for images of the other domain
     shows = a.label < k
     a["correct"] = np.where(shows, a.margin > 0, a.margin < 0)
     a["correct answer"] = [vmap[v].expected if sh else next(x for x in vmap[v].answers if x != vmap[v].expected)

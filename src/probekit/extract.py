@@ -363,8 +363,8 @@ def extract(lm: LoadedModel, dataset: ImageDataset, variants: Sequence[Variant],
         out, key=key, variants=variants, n_items=len(dataset), ids=dataset.ids, labels=dataset.labels,
         classes=dataset.classes, n_layers=lm.num_layers + 1, hidden_size=lm.hidden_size,
         storage_dtype=storage_dtype, shard_size=shard_size,
-        extra={"device": str(lm.device), "model_path": lm.path, "prefix": prefix, "reuse_prefix": reuse_prefix,
-               "batch_variants": batch_variants},
+        extra={"device": str(lm.device), "device_map": "auto" if lm.info.get("device_map") else None,
+               "model_path": lm.path, "prefix": prefix, "reuse_prefix": reuse_prefix, "batch_variants": batch_variants},
     )
     todo = store.missing_shards()
     ranges = store.shard_ranges()

@@ -186,12 +186,60 @@ def weights_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+DEVICE_MAPS = (None, "auto")
+HEADROOM = 0.85  # share of a GPU's free memory the weights may take on one device (the rest: activations, cache)
+
+
+def model_bytes(config, arch: str, dtype: torch.dtype) -> int:
+    """Bytes the weights of ``arch`` built from ``config`` take in ``dtype``, counted on the meta device (nothing
+    is allocated or downloaded)."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = getattr(transformers, arch)._from_config(config)
+    return sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dtype).element_size()
+
+
+def placement(device: str | torch.device, n_bytes: int, free: list[int]) -> tuple[torch.device, str | None]:
+    """Where the weights go: ``(device, device_map)``. ``device="auto"`` with GPUs (``free``: free bytes per
+    GPU): the first GPU when the weights fit in ``HEADROOM`` of its free memory, otherwise ``device_map="auto"``
+    (accelerate spreads the layers over the GPUs, then CPU memory); without GPUs the CPU. An explicit device
+    is taken as given."""
+    if str(device) != "auto":
+        return resolve_device(device), None
+    if not free:
+        return torch.device("cpu"), None
+    if n_bytes <= HEADROOM * free[0]:
+        return torch.device("cuda:0"), None
+    return torch.device("cuda:0"), "auto"
+
+
+def _free_gpu_memory() -> list[int]:
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+
+
+def input_device(model) -> torch.device:
+    """The device inputs go to: that of the input embeddings (the first GPU of a ``device_map``)."""
+    return model.get_input_embeddings().weight.device
+
+
 def load_model(model_id: str, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
-               revision: str | None = None, cache_dir: str | None = None) -> LoadedModel:
-    """Load a supported multimodal LLM and its processor from a hub id, a local directory or an organism name."""
+               revision: str | None = None, cache_dir: str | None = None, device_map: str | None = None) -> LoadedModel:
+    """Load a supported multimodal LLM and its processor from a hub id, a local directory or an organism name.
+
+    ``device="auto"``: the first GPU when the model fits it, ``device_map="auto"`` (accelerate: layers spread over
+    the GPUs, then CPU memory) when it does not, the CPU without GPUs (:func:`placement`). ``device_map="auto"``
+    asks for accelerate's placement whatever the size. ``dtype="auto"``: bfloat16 (float16 without bf16 support)
+    on a GPU, float32 on the CPU.
+    """
     import transformers
     from transformers import AutoConfig, AutoProcessor
 
+    if device_map not in DEVICE_MAPS:
+        raise ModelLoadError(f"unknown device_map {device_map!r}; use None (one device) or 'auto' (accelerate)")
     path = resolve_model_path(str(model_id))
     local = Path(path).is_dir()
     dev = resolve_device(device)
@@ -217,7 +265,15 @@ def load_model(model_id: str, *, dtype: str | torch.dtype = "auto", device: str 
     except (OSError, ValueError, ImportError) as e:
         raise ModelLoadError(f"cannot load the processor of {model_id!r}: {str(e).splitlines()[0]}") from None
     check_processor(processor, model_id)
-    model = getattr(transformers, arch).from_pretrained(path, dtype=torch_dtype, **kw).to(dev).eval()
+    if device_map is None and str(device) == "auto":
+        free = _free_gpu_memory()
+        dev, device_map = placement(device, model_bytes(config, arch, torch_dtype) if free else 0, free)
+    cls = getattr(transformers, arch)
+    if device_map:
+        model = cls.from_pretrained(path, dtype=torch_dtype, device_map=device_map, **kw).eval()
+        dev = input_device(model)
+    else:
+        model = cls.from_pretrained(path, dtype=torch_dtype, **kw).to(dev).eval()
     tok = processor.tokenizer
     token_id = adapter.image_token_id(config, processor)
     if tok.convert_ids_to_tokens(token_id) is None or token_id >= model.get_input_embeddings().num_embeddings:
@@ -226,6 +282,7 @@ def load_model(model_id: str, *, dtype: str | torch.dtype = "auto", device: str 
         model=model, processor=processor, adapter=adapter, model_id=str(model_id), path=path,
         revision=None if local else (getattr(config, "_commit_hash", None) or revision),
         weights_sha256=weights_sha256(path) if local else None, dtype=torch_dtype, device=dev,
+        info={"device_map": (getattr(model, "hf_device_map", None) or device_map) if device_map else None},
     )
 
 
@@ -251,4 +308,5 @@ def check_processor(processor, model_id: str) -> None:
         )
 
 
-__all__ = ["ADAPTERS", "SUPPORTED", "LoadedModel", "load_model", "resolve_device", "resolve_dtype", "weights_sha256"]
+__all__ = ["ADAPTERS", "SUPPORTED", "LoadedModel", "input_device", "load_model", "model_bytes", "placement",
+           "resolve_device", "resolve_dtype", "weights_sha256"]
