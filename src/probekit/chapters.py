@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from .data import ImageDataset, get_dataset
-from .extract import extract, template
+from .extract import READOUT, extract, template
 from .models import LoadedModel, load_model
 from .probes import LayerProbes, bootstrap_ci, probe_store, split_items
 from .prompts import Variant, load_variants
@@ -220,8 +220,6 @@ def _slug(s: str) -> str:
 
 def store_dir(cache_dir, lm: LoadedModel, data: ImageDataset, variants, position: str = "last") -> Path:
     """The cache directory of one extraction: ``cache_dir/<model slug>/<hash of what changes the numbers>``."""
-    from .extract import READOUT
-
     key = {"model": lm.identity(), "data": data.identity(), "variants": [v.to_dict() for v in variants],
            "position": position, "readout": READOUT}
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
