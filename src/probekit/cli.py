@@ -27,6 +27,8 @@ def _positive_int(s: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser; it imports only light modules (no torch, transformers, pandas...), so ``--help`` and argument
+    errors answer at once and a command's heavy imports happen in its handler (tests/test_cli_startup.py)."""
     from .data import DATASETS
     from .prompts import POSITIONS
 
@@ -127,13 +129,14 @@ def _book(a) -> int:
 
 def _extract(a) -> int:
     from .data import get_dataset
-    from .extract import extract
-    from .models import load_model
     from .prompts import load_variants
 
     data = get_dataset(a.dataset, a.data_root, n_per_class=a.n_per_class, seed=a.seed, concept=a.concept,
                        negation=a.negation)
     variants = load_variants(a.variants, concept=data.concept, negation=data.negation, families=a.families)
+    from .extract import extract  # torch, transformers: after the dataset and variant errors, which need neither
+    from .models import load_model
+
     lm = load_model(a.model, dtype=a.dtype, device=a.device, revision=a.revision)
     store = extract(lm, data, variants, a.out, position=a.position, batch_size=a.batch_size,
                     storage_dtype=a.storage_dtype, shard_size=a.shard_size, reuse_prefix=not a.no_prefix_reuse)
@@ -144,11 +147,11 @@ def _extract(a) -> int:
 def _probe(a) -> int:
     from pathlib import Path
 
+    if not 0 < a.test_size < 1:  # before the heavy imports: an argument error answers at once
+        raise ProbekitError(f"--test-size must be between 0 and 1, got {a.test_size}")
     from .probes import probe_store
     from .store import ActivationStore
 
-    if not 0 < a.test_size < 1:
-        raise ProbekitError(f"--test-size must be between 0 and 1, got {a.test_size}")
     df = probe_store(ActivationStore.open(a.store), test_size=a.test_size, seed=a.seed, C=a.C, n_boot=a.n_boot)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from .recipe import Recipe, count_parameters, evaluate, run_recipe, save, write_metadata
+from .spec import Recipe
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 DEFAULT_ORGANISM = "llava-organism"
@@ -232,6 +232,7 @@ def train_organism(name: str | Recipe, out_dir=None, *, seed: int | None = None,
     from transformers import AutoProcessor
 
     from ..build import MODEL_CLASSES
+    from .recipe import evaluate, run_recipe, save, write_metadata
 
     recipe = name if isinstance(name, Recipe) else ORGANISMS.get(name)
     if recipe is None:
@@ -280,6 +281,7 @@ def refresh_card(out_dir, *, log=print) -> Path:
     from transformers import AutoProcessor
 
     from ..build import MODEL_CLASSES
+    from .recipe import evaluate, write_metadata
 
     out_dir = Path(out_dir)
     meta = json.loads((out_dir / "organism.json").read_text())
@@ -299,6 +301,24 @@ def train_all(out_root=None, *, seed: int | None = None, log=print, names=None, 
     """Train every organism (or ``names``) into ``out_root/<name>`` (default ``./organisms``), one after another."""
     root = Path(out_root) if out_root is not None else Path("organisms")
     return [train_organism(n, root / n, seed=seed, log=log, threads=threads) for n in (names or ORGANISMS)]
+
+
+# The registry (``ORGANISMS`` & co.) imports without torch -- the CLI builds its choices and help from it --
+# so the recipe module (torch, transformers) is imported only by the functions that train or evaluate, and
+# the two helpers re-exported from it resolve on first access (PEP 562).
+_FROM_RECIPE = ("count_parameters", "evaluate")
+
+
+def __getattr__(name: str):
+    if name in _FROM_RECIPE:
+        from . import recipe
+
+        return getattr(recipe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FROM_RECIPE})
 
 
 __all__ = [
