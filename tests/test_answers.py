@@ -115,3 +115,20 @@ def test_answers_that_are_the_same_token_sequences_are_one_clear_error():
         answer_forms(tok, "Q: Is it?\nA:", v)
     ok = answer_forms(tok, "Q: Is it?\nA:", Variant("a", "x", "Is it?", ("yes", "no"), "yes"))
     assert ok.forms[0] and ok.forms[1] and not set(ok.forms[0]) & set(ok.forms[1])
+
+
+def test_cli_batch_variants_and_device_map_write_the_same_numbers(tiny_dirs, tmp_path):
+    import numpy as np
+
+    from probekit.cli import main
+    from probekit.store import ActivationStore
+
+    common = ["extract", "--model", str(tiny_dirs["qwen2_vl"]), "--dataset", "fashion-mnist", "--n-per-class", "1",
+              "--device", "cpu", "--dtype", "float32", "--shard-size", "4"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--batch-variants", "--device-map", "auto"]) == 0
+    a, b = ActivationStore.open(tmp_path / "a"), ActivationStore.open(tmp_path / "b")
+    assert b.extra["batch_variants"] and b.extra["device_map"] == "auto" and not a.extra["batch_variants"]
+    for v in a.variant_names:
+        np.testing.assert_allclose(a.features(v), b.features(v), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(a.answers().margin, b.answers().margin, atol=ATOL)

@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--concept", help="concept the images show (default: the dataset's, e.g. 'an animal')")
     e.add_argument("--negation", help="concept they do not show, for semantic negation (default: the dataset's)")
     e.add_argument("--position", default="last", choices=POSITIONS, help="probed position (default: last token)")
-    e.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
+    e.add_argument("--device", default="auto",
+                   help="auto (the first GPU when the model fits it, spread over the GPUs and CPU memory with "
+                   "accelerate's device_map='auto' when it does not, the CPU without GPUs), cpu, cuda, cuda:N")
+    e.add_argument("--device-map", choices=("auto",), help="auto: accelerate's placement whatever the model's size")
     e.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
     e.add_argument("--storage-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     e.add_argument("--batch-size", type=_positive_int, default=8)
@@ -64,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-prefix-reuse", action="store_true",
                    help="one forward per (image, variant) prompt instead of the image + shared prefix once per image "
                    "with the variants as suffixes (the reference path; same numbers up to float rounding, slower)")
+    e.add_argument("--batch-variants", action="store_true",
+                   help="with prefix reuse: run all variants' suffixes of a batch in one forward pass (the prefix "
+                   "cache repeated per variant; fewer, larger passes for accelerators; same numbers up to float "
+                   "rounding, more memory: lower --batch-size if it does not fit)")
 
     q = sub.add_parser("probe", help="fit per-layer probes on the anchor, score every variant, write a CSV",
                        description="Fit one linear probe per layer on the anchor question's states of the training "
@@ -137,9 +144,10 @@ def _extract(a) -> int:
     from .extract import extract  # torch, transformers: after the dataset and variant errors, which need neither
     from .models import load_model
 
-    lm = load_model(a.model, dtype=a.dtype, device=a.device, revision=a.revision)
+    lm = load_model(a.model, dtype=a.dtype, device=a.device, revision=a.revision, device_map=a.device_map)
     store = extract(lm, data, variants, a.out, position=a.position, batch_size=a.batch_size,
-                    storage_dtype=a.storage_dtype, shard_size=a.shard_size, reuse_prefix=not a.no_prefix_reuse)
+                    storage_dtype=a.storage_dtype, shard_size=a.shard_size, reuse_prefix=not a.no_prefix_reuse,
+                    batch_variants=a.batch_variants)
     print(f"wrote {store.root} ({len(data)} images x {len(variants)} variants x {store.n_layers} layers)")
     return 0
 
