@@ -1,7 +1,8 @@
 """The readout on real text-side machinery: stand-ins of llava-hf/llava-1.5-7b-hf (Llama-2-style SentencePiece BPE in the
 hub's tokenizer.json format, the real chat template and CLIP-336 processor), Qwen2-VL and Qwen2.5-VL (their real
-tokenizer, chat template and processor files from tests/fixtures/real-text-side), each on tiny random weights of the
-real class (probekit.standins). Templated prompts, image-token counts, tokenizer facts, the answer sequences of every
+tokenizer, chat template and processor files from tests/fixtures/real-text-side) and llava-hf/llama3-llava-next-8b-hf
+(Llama-3-shaped byte-level BPE, its chat template, any-res processor), each on tiny random weights of the real class
+(probekit.standins). Templated prompts, image-token counts, tokenizer facts, the answer sequences of every
 paper-A and chapter-03 variant, extraction and probing through the CLI, and chapters 02 and 03 through papermill."""
 
 import importlib
@@ -19,19 +20,22 @@ import torch
 from probekit.chapters import decision_variants
 from probekit.models import load_model
 from probekit.prompts import paper_a_variants
-from probekit.standins import QWEN_IDS, llava15_standin, qwen2vl_standin
+from probekit.standins import LLAMA3_SPECIALS, QWEN_IDS, llama3_llava_next_standin, llava15_standin, qwen2vl_standin
 from probekit.store import ActivationStore
 
 ex = importlib.import_module("probekit.extract")
 ROOT = Path(__file__).resolve().parents[1]
 FILES = Path(__file__).with_name("fixtures") / "real-text-side"
-STANDINS = ("llava15", "qwen2_vl", "qwen2_5_vl")
+STANDINS = ("llava15", "qwen2_vl", "qwen2_5_vl", "llama3_llava_next")
 QWEN = ("qwen2_vl", "qwen2_5_vl")
+BYTE_LEVEL = (*QWEN, "llama3_llava_next")  # "Ġ" marks a leading space
 ANCHOR = "Does this image show an animal? The answer must be always yes or no."
 PROMPTS = {
     "llava15": f"USER: <image>\n{ANCHOR} ASSISTANT:",
     "qwen": ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
              f"<|vision_start|><|image_pad|><|vision_end|>{ANCHOR}<|im_end|>\n<|im_start|>assistant\n"),
+    "llama3_llava_next": (f"<|start_header_id|>user<|end_header_id|>\n\n<image>\n{ANCHOR}<|eot_id|>"
+                          "<|start_header_id|>assistant<|end_header_id|>\n\n"),
 }
 
 
@@ -43,6 +47,7 @@ def standin_dirs(tmp_path_factory):
         "qwen2_vl": qwen2vl_standin(root / "qwen2_vl", "qwen2_vl", files=FILES / "qwen2-vl"),
         "qwen2_5_vl": qwen2vl_standin(root / "qwen2_5_vl", "qwen2_5_vl", files=FILES / "qwen2.5-vl",
                                       vocab_files=FILES / "qwen2-vl"),
+        "llama3_llava_next": llama3_llava_next_standin(root / "llama3_llava_next"),
     }
 
 
@@ -69,7 +74,11 @@ def _ids(tok, *tokens):
 @pytest.mark.parametrize("name", STANDINS)
 def test_templated_prompt_exactly(standins, name):
     lm = standins[name]
-    assert ex.template(lm, paper_a_variants()[0].text) == PROMPTS["qwen" if name in QWEN else name]
+    assert ex.template(lm, paper_a_variants()[0].text) == _prompt(name)
+
+
+def _prompt(name):
+    return PROMPTS["qwen" if name in QWEN else name]
 
 
 def test_llava15_prompt_tokens_as_the_hub_tokenizer_json_gives_them(standins):
@@ -87,15 +96,18 @@ def test_llava15_prompt_tokens_as_the_hub_tokenizer_json_gives_them(standins):
     assert toks[i - 1 : i + 4] == ["▁", "<image>", "▁", "<0x0A>", "Does"]
 
 
-@pytest.mark.parametrize("name,n_tokens", [("llava15", 576), ("qwen2_vl", 4), ("qwen2_5_vl", 4)])
+@pytest.mark.parametrize("name,n_tokens", [("llava15", 576), ("qwen2_vl", 4), ("qwen2_5_vl", 4),
+                                           ("llama3_llava_next", 1176)])
 def test_image_tokens_of_one_fashion_mnist_image(standins, fashion, name, n_tokens):
     lm = standins[name]
     image = fashion[0][0]
     assert image.size == (28, 28)
-    enc = lm.processor(text=[PROMPTS["qwen" if name in QWEN else name]], images=[image], return_tensors="pt")
+    enc = lm.processor(text=[_prompt(name)], images=[image], return_tensors="pt")
     assert int((enc["input_ids"] == lm.image_token_id).sum()) == n_tokens
     if name == "llava15":  # 28 px -> 336 shortest edge -> 336 crop -> 24 x 24 patches of 14 (CLS dropped)
         assert tuple(enc["pixel_values"].shape) == (1, 3, 336, 336)
+    elif name == "llama3_llava_next":  # any-res: base view + the two tiles of 336 x 672; 576 + 24 x (24 + newline)
+        assert tuple(enc["pixel_values"].shape) == (1, 3, 3, 336, 336) and enc["image_sizes"].tolist() == [[28, 28]]
     else:  # min_pixels 3136: 28 x 28 -> 56 x 56 -> 4 x 4 patches of 14 -> 2 x 2 merged tokens
         assert enc["image_grid_thw"].tolist() == [[1, 4, 4]]
 
@@ -124,6 +136,25 @@ def test_llava15_tokenizer_is_llama2_shaped(standins):
     assert n % 64 == 0 and len(tok) <= n < len(tok) + 64  # 32002 -> 32064 in the real checkpoint
 
 
+def test_llama3_tokenizer_is_llama3_shaped(standins):
+    lm = standins["llama3_llava_next"]
+    tok = lm.tokenizer
+    pre = tok.backend_tokenizer.pre_tokenizer
+    assert [w for w, _ in pre.pre_tokenize_str("12345 is 1,000? Yes")] == ["123", "45", "Ġis", "Ġ", "1", ",", "000",
+                                                                           "?", "ĠYes"]
+    ids = tok(_prompt("llama3_llava_next"))["input_ids"]
+    toks = tok.convert_ids_to_tokens(ids)
+    assert toks[:5] == ["<|begin_of_text|>", "<|start_header_id|>", "user", "<|end_header_id|>", "ĊĊ"]
+    assert toks[-4:] == ["<|start_header_id|>", "assistant", "<|end_header_id|>", "ĊĊ"]
+    after = tok(_prompt("llama3_llava_next") + " 1", add_special_tokens=False)["input_ids"][len(ids) - 1:]
+    assert tok.convert_ids_to_tokens(after) == ["Ġ", "1"]
+    vocab = tok.get_vocab()
+    first = vocab["<|begin_of_text|>"]
+    assert [vocab[t] - first for t in LLAMA3_SPECIALS] == list(range(256)) and first == len(vocab) - 258
+    assert (vocab["<image>"], vocab["<pad>"]) == (first + 256, first + 257) == (lm.image_token_id, lm.config.pad_token_id)
+    assert tok.decode(tok("Ünïcödé ✓ 🙂", add_special_tokens=False)["input_ids"]) == "Ünïcödé ✓ 🙂"  # byte-level
+
+
 @pytest.mark.parametrize("name", QWEN)
 def test_qwen_ids_and_sizes_are_the_real_ones(standins, name):
     lm = standins[name]
@@ -150,7 +181,7 @@ def test_answer_sequences_of_every_variant(standins, name):
     assert {"anchor", "picture", "feature", "negation", "one_zero", "negation_one_zero"} <= {v.name for v in vs}
     prompts = {v.name: ex.template(lm, v.text) for v in vs}
     plans = ex.answer_plan(lm, prompts, vs)
-    space = "▁" if name == "llava15" else "Ġ"
+    space = "Ġ" if name in BYTE_LEVEL else "▁"
     for v in vs:
         forms = plans[v.name].forms
         assert forms[0] and forms[1] and not set(forms[0]) & set(forms[1]), v.name
@@ -164,11 +195,11 @@ def test_answer_sequences_of_every_variant(standins, name):
             for word, i in (("yes", 0), ("Yes", 0), ("no", 1), ("No", 1)):
                 assert _ids(tok, space + word) in forms[i], (v.name, word)
                 assert _ids(tok, word) in forms[i], (v.name, word)
-            if name in QWEN:  # byte-level BPE: every yes/no form is one token, so one row and nothing appended
+            if name in BYTE_LEVEL:  # byte-level BPE: every yes/no form is one token: one row, nothing appended
                 assert all(len(f) == 1 for fs in forms for f in fs) and plans[v.name].rows == ((),)
 
 
-@pytest.mark.parametrize("name", ["llava15", "qwen2_vl"])
+@pytest.mark.parametrize("name", ["llava15", "qwen2_vl", "llama3_llava_next"])
 def test_readout_scores_the_two_token_forms(standins, fashion, name):
     """On the real token ids: the forms of "1"/"0" written out here (the digit alone, space + digit, and under
     LLaVA-1.5 '▁▁' + digit, how its tokenizer writes " 1" alone) are all in the readout's plan; the stored
@@ -180,7 +211,7 @@ def test_readout_scores_the_two_token_forms(standins, fashion, name):
 
     lm = standins[name]
     tok = lm.tokenizer
-    space = "▁" if name == "llava15" else "Ġ"
+    space = "Ġ" if name in BYTE_LEVEL else "▁"
     vs = [v for v in _all_variants(fashion) if v.name in ("anchor", "one_zero")]
     prompts = {v.name: ex.template(lm, v.text) for v in vs}
     plans = ex.answer_plan(lm, prompts, vs)

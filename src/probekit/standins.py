@@ -225,3 +225,96 @@ def qwen2vl_standin(out_dir, family: str = "qwen2_vl", *, files, vocab_files=Non
                          image_size=56, **ids)
     _save_model(family, config, out, seed, tokenizer_len=len(tok))
     return out
+
+
+# ---- Llama-3 in LLaVA-NeXT (llava-hf/llama3-llava-next-8b-hf) ------------------------------------------------------
+
+LLAMA3_PATTERN = (  # Llama-3's pre-tokenizer regex (Meta's tokenizer.py; cl100k's): digits in groups of up to three
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPECIALS = (  # the 256 special tokens after Llama-3's vocabulary, in Meta's order
+    "<|begin_of_text|>", "<|end_of_text|>", *(f"<|reserved_special_token_{i}|>" for i in range(4)),
+    "<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>",
+    *(f"<|reserved_special_token_{i}|>" for i in range(5, 251)),
+)
+LLAMA3_LLAVA_NEXT_CHAT_TEMPLATE = (  # llava-hf/llama3-llava-next-8b-hf's chat template
+    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'}}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>' }}{% endfor %}{# Render all text next #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ '\n' + content['text'] + '<|eot_id|>' }}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+LLAVA_NEXT_PREPROCESSOR = {  # LLaVA-NeXT's (llava-v1.6) CLIP-336 any-res image processor config
+    "aspect_ratio_setting": "anyres", "crop_size": {"height": 336, "width": 336}, "do_center_crop": True,
+    "do_convert_rgb": True, "do_normalize": True, "do_pad": True, "do_rescale": True, "do_resize": True,
+    "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]], "image_mean": CLIP_MEAN,
+    "image_processor_type": "LlavaNextImageProcessor", "image_std": CLIP_STD, "processor_class": "LlavaNextProcessor",
+    "resample": 3, "rescale_factor": 1 / 255, "size": {"shortest_edge": 336},
+}
+
+
+def llama3_style_tokenizer(texts=None, *, vocab_size: int = 1500):
+    """A ``tokenizers.Tokenizer`` shaped like Llama-3's ``tokenizer.json``: byte-level BPE (tiktoken-style,
+    ``ignore_merges``) behind Llama-3's split regex, ByteLevel decoder, ``<|begin_of_text|>`` added in front, the
+    256 special tokens after the vocabulary; the vocabulary is trained here on the stand-in corpus."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    train = Tokenizer(models.BPE())
+    train.pre_tokenizer = pre
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    train.train_from_iterator([*(texts or _training_texts()), "Answer:\n\nyes\n\nno\n\n1\n\n0"], trainer=trainer)
+    model = json.loads(train.to_str())["model"]
+    tok = Tokenizer(models.BPE(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], ignore_merges=True))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    bos = len(model["vocab"])
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                      pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
+                                      special_tokens=[("<|begin_of_text|>", bos)]),
+    ])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIALS])
+    assert tok.token_to_id("<|begin_of_text|>") == bos
+    return tok
+
+
+def llama3_llava_next_standin(out_dir, *, text_layers: int = 2, hidden: int = 32, vision_layers: int = 2,
+                              vision_hidden: int = 32, seed: int = 0, vocab_size: int = 1500) -> Path:
+    """Save a stand-in of llava-hf/llama3-llava-next-8b-hf: Llama-3-shaped tokenizer (trained vocabulary), its chat
+    template, LLaVA-NeXT's any-res processor, tiny ``LlavaNextForConditionalGeneration``. ``<image>`` and ``<pad>``
+    follow the special tokens; the embedding is padded to a multiple of 64 (128320 in the real config)."""
+    from tokenizers import AddedToken
+    from transformers import AutoProcessor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = llama3_style_tokenizer(vocab_size=vocab_size)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<image>", "<pad>")])
+    tok.save(str(out / "tokenizer.json"))
+    ids = {t: tok.token_to_id(t) for t in (*LLAMA3_SPECIALS, "<image>", "<pad>")}
+    _write_json(out / "tokenizer_config.json", {
+        "added_tokens_decoder": {str(i): _added(t) for t, i in ids.items()}, "bos_token": "<|begin_of_text|>",
+        "clean_up_tokenization_spaces": True, "eos_token": "<|eot_id|>", "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": 8192, "pad_token": "<pad>", "padding_side": "left", "processor_class": "LlavaNextProcessor",
+        "tokenizer_class": "PreTrainedTokenizerFast"})
+    _write_json(out / "preprocessor_config.json", LLAVA_NEXT_PREPROCESSOR)
+    _write_json(out / "processor_config.json", {**LLAVA15_PROCESSOR, "processor_class": "LlavaNextProcessor"})
+    _write_json(out / "chat_template.json", {"chat_template": LLAMA3_LLAVA_NEXT_CHAT_TEMPLATE})
+    config = make_config(
+        "llava_next", vocab_size=64 * math.ceil((ids["<pad>"] + 1) / 64), image_token_id=ids["<image>"],
+        pad_token_id=ids["<pad>"], bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<|eot_id|>"],
+        text_layers=text_layers, hidden=hidden, heads=4, kv_heads=1, intermediate=2 * hidden,
+        max_position_embeddings=8192, vision_layers=vision_layers, vision_hidden=vision_hidden, image_size=336,
+        patch_size=14, vision_feature_layer=-2, image_grid_pinpoints=LLAVA_NEXT_PREPROCESSOR["image_grid_pinpoints"])
+    config.text_config.rms_norm_eps = 1e-5
+    config.text_config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0}
+    _save_model("llava_next", config, out, seed, tokenizer_len=ids["<pad>"] + 1)
+    AutoProcessor.from_pretrained(out)
+    return out
