@@ -132,3 +132,22 @@ def test_cli_batch_variants_and_device_map_write_the_same_numbers(tiny_dirs, tmp
     for v in a.variant_names:
         np.testing.assert_allclose(a.features(v), b.features(v), atol=ATOL, rtol=0)
     np.testing.assert_allclose(a.answers().margin, b.answers().margin, atol=ATOL)
+
+
+def test_a_form_is_kept_only_when_it_spells_the_prompt_plus_the_answer():
+    """A SentencePiece-like tokenizer that marks the start of every text writes " yes" on its own as '▁▁','yes'
+    (two spaces after the prompt): not a form the model writes; ' yes' and 'yes' after the prompt are."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    pieces = ["<unk>", "▁", "▁▁", "y", "e", "s", "n", "o", "ye", "yes", "no", "▁yes", "▁no", "A", ":", "▁A"]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    merges = [("▁", "▁"), ("y", "e"), ("ye", "s"), ("n", "o"), ("▁", "yes"), ("▁", "no"), ("▁", "A")]
+    t = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True))
+    t.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    t.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>")
+    assert tok.convert_ids_to_tokens(tok.encode(" yes", add_special_tokens=False)) == ["▁▁", "yes"]
+    seqs = answer_token_sequences(tok, "A:", "yes")
+    assert (vocab["▁yes"],) in seqs and (vocab["yes"],) in seqs and (vocab["▁▁"], vocab["yes"]) not in seqs

@@ -199,21 +199,30 @@ def answer_token_sequences(tokenizer, prompt: str, answer: str) -> list[tuple[in
     after those of ``prompt``, when tokenizing the two together leaves the prompt's tokens as they are) and on
     its own. Together these give the forms with and without a word-start marker: Llama-2's SentencePiece writes
     " 1" after ``ASSISTANT:`` as ``▁``, ``1`` and "Yes" as ``▁Yes``; byte-level BPE (Qwen2) writes ``yes`` and
-    ``Ġyes``.
+    ``Ġyes``. A sequence is kept only when the prompt's tokens followed by it decode to the prompt followed by a
+    surface form: a tokenizer that marks the start of every text it encodes writes " yes" on its own as
+    ``▁▁``, ``yes``, which after the prompt would spell two spaces. (Should no sequence of the answer pass that
+    check — a tokenizer whose decoding does not give its text back — all are kept.)
     """
     def encode(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
+    def decode(ids) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
     base = encode(prompt)
+    forms = surface_forms(answer)
     seqs: dict[tuple[int, ...], None] = {}
-    for form in surface_forms(answer):
+    for form in forms:
         full = encode(prompt + form)
         if len(full) > len(base) and full[: len(base)] == base:
             seqs[tuple(full[len(base):])] = None
         alone = encode(form)
         if alone:
             seqs[tuple(alone)] = None
-    return sorted(seqs)
+    written = {decode(base) + f for f in forms}
+    kept = [s for s in seqs if decode([*base, *s]) in written]
+    return sorted(kept or seqs)
 
 
 @dataclasses.dataclass(frozen=True)
