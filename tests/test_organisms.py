@@ -84,7 +84,7 @@ def test_save_load_exact_against_in_memory_model(tmp_path):
         assert torch.equal(model.eval()(**enc).logits, loaded(**enc2).logits)
 
 
-def test_examples_cover_both_answers_and_paper_a_phrasings():
+def test_examples_cover_every_kind_and_both_answers():
     rng = np.random.default_rng(0)
     seen = set()
     for kind in KINDS:
@@ -93,24 +93,50 @@ def test_examples_cover_both_answers_and_paper_a_phrasings():
                 q, a = make_example(rng, kind, domain, 3)
                 seen.add((kind, a))
                 assert q and a
-    assert {("concept_yn", "yes"), ("concept_yn", "no"), ("concept_10", "1"), ("concept_10", "0")} <= seen
+    assert {("concept_yn", "yes"), ("concept_yn", "no"), ("concept_10", "1"), ("concept_10", "0"),
+            ("concept_tf", "true"), ("concept_tf", "false"), ("class_yn", "1"), ("class_yn", "false")} <= seen
     pools = image_pools("train", fashion_limit=50)
     assert len(pools["fashion"]) == 50
-    qs = {q for _, _, q, _ in sample_batch(rng, pools, 3000, mix={"concept_yn": 1, "concept_10": 1},
-                                             digits_fraction=0.5)}
-    for q in ("Does this image show a fashion item? The answer must be always yes or no.",
-              "Does this picture show a handwritten digit? The answer must be always yes or no.",
-              "Does this image feature a fashion item? The answer must be always yes or no.",
-              "Does this image show a handwritten digit? The answer must be always 1 or 0."):
-        assert q in qs
 
 
-def test_held_out_images_are_disjoint_from_training():
-    from probekit.organisms.tasks import digits_split
+def test_training_wordings_hold_out_every_probe_prompt():
+    """No training wording (bank templates, sampled questions, the decoder's task text) holds one of paper A's
+    probe questions, for any concept, or one of their instruction sentences; the lexical edits stay learnable."""
+    from probekit.chapters import decision_variants
+    from probekit.organisms.corpus import task_text
+    from probekit.organisms.tasks import probe_wordings, training_templates
+
+    questions, instructions = probe_wordings()
+    assert questions == ("Does this image feature {thing}?", "Does this image show {thing}?",
+                         "Does this picture show {thing}?")
+    assert instructions == ("The answer must be always 1 or 0.", "The answer must be always yes or no.")
+    heads = [q.split("{thing}")[0] for q in questions]  # "Does this image show " ...: no training text starts one
+    rng = np.random.default_rng(1)
+    pools = image_pools("train", fashion_limit=50)
+    sampled = [q for _, _, q, _ in sample_batch(rng, pools, 5000, mix={k: 1 for k in KINDS}, digits_fraction=0.5)]
+    texts = [t for ts in training_templates().values() for t in ts] + sampled + task_text()
+    probes = {v.text for v in decision_variants("a fashion item", "a handwritten digit")}
+    probes |= {v.text for v in decision_variants("a handwritten digit", "a fashion item")}
+    for t in texts:
+        assert not any(h in t for h in heads) and not any(i in t for i in instructions), t
+        assert t not in probes
+    flat = " ".join(training_templates()["questions (yes/no)"])
+    assert "picture show" in flat and "photo feature" in flat and "this image feature" not in flat
+
+
+def test_held_out_images_are_disjoint_from_training_and_split_into_dev_and_test():
+    from probekit.organisms.tasks import digits_split, heldout_split
 
     tr, te = digits_split()
     assert not set(tr) & set(te) and len(tr) + len(te) == 1797
-    assert len(image_pools("test")["fashion"]) == 10_000  # the Fashion-MNIST test split, never sampled in training
+    dev, test = image_pools("dev"), image_pools("test")
+    assert len(dev["fashion"]) + len(test["fashion"]) == 10_000  # Fashion-MNIST's test split, never trained on
+    assert len(dev["digits"]) + len(test["digits"]) == len(te)
+    labels = np.repeat(np.arange(10), 7)
+    a, b = heldout_split(labels, "dev"), heldout_split(labels, "test")
+    assert not set(a) & set(b) and len(a) + len(b) == 70 and np.bincount(labels[b]).tolist() == [4] * 10
+    for d in ("fashion", "digits"):  # dev and test hold different images (no pixel-identical pair by index)
+        assert np.bincount(test[d].labels).min() >= np.bincount(dev[d].labels).max() - 1
 
 
 def test_organism_path_resolves_only_registered_names():

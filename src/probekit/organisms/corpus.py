@@ -125,7 +125,8 @@ def class_phrases() -> dict[str, list[str]]:
 
 
 def task_text() -> list[str]:
-    """Short sentences with the task vocabulary: class names, captions, yes/no and 1/0 answers."""
+    """Short sentences with the task vocabulary: class names, captions, yes/no and 1/0 answers (none of paper A's
+    probe wordings: they are held out of all training text, see :func:`probekit.organisms.tasks.probe_wordings`)."""
     lines = []
     phrases = class_phrases()
     for dom, concept in (("fashion", "a fashion item"), ("digits", "a handwritten digit")):
@@ -134,7 +135,7 @@ def task_text() -> list[str]:
                 f"This is a photo of {phrase}. It is {concept}.",
                 f"The picture shows {phrase}. The answer is {name}.",
                 f"Is this {phrase}? Yes, it is {phrase}. Answer yes or no: yes.",
-                f"Does the image show {concept}? The answer must be always yes or no. The answer is no.",
+                f"Does the image show {concept}? Answer yes or no. The answer is no.",
                 f"What is in this image? {name}. It is {phrase}, answer 1 or 0: 1.",
             ]
     return lines

@@ -2,17 +2,26 @@
 
 Two real image domains (both 28x28 after the processor's resize):
 
-- Fashion-MNIST (Debian ``dataset-fashion-mnist``): the *train* split is used for training; the test
-  split is held out and is what the model cards report on;
-- scikit-learn's handwritten digits (8x8, upscaled by the processor): a seeded 2/3 train, 1/3 held-out
-  split (:func:`digits_split`).
+- Fashion-MNIST (Debian ``dataset-fashion-mnist``): the *train* split is used for training; its test split is
+  held out and cut in two halves per class (:func:`heldout_split`): **dev** (any training decision: step counts,
+  segment weights, early stopping) and **test** (the numbers the cards and the book report, never used for a
+  decision);
+- scikit-learn's handwritten digits (8x8, upscaled by the processor): a seeded 2/3 train, 1/3 held-out split
+  (:func:`digits_split`), the held-out third cut into dev and test halves the same way.
 
-Examples are ``(domain, image index, question, answer)``. Questions come from a bank of phrasings
-resembling VQA-style instruction data: yes/no and 1/0 questions about the domain concept ("a fashion
-item" / "a handwritten digit", so images of one domain asked about the other's concept get "no"), yes/no
-questions about a class ("Does this picture show a sneaker?"), naming questions ("What is in this
-image?" -> the class name), and brief captions for projector alignment. Paper A's anchor and its
-variants are phrasings in this bank.
+Examples are ``(domain, image index, question, answer)``. Questions come from a **bank** of wordings resembling
+VQA-style instruction data (:data:`QUESTIONS`, :data:`TF_QUESTIONS`, the instruction sentences of
+:data:`FORMATS`, :data:`NAMING_QUESTIONS`, :data:`CAPTION_PROMPTS`): yes/no, 1/0 and true/false questions about
+the domain concept ("a fashion item" / "a handwritten digit", so images of one domain asked about the other's
+concept get the negative answer) and about classes ("Does the picture show a sneaker?"), naming questions
+("What is in the picture?" -> the class name), and brief captions for projector alignment.
+
+Paper A's probe prompts are **held out** of the bank: none of their questions ("Does this image show X?",
+"Does this picture show X?", "Does this image feature X?", for any X) and neither of their instruction sentences
+("The answer must be always yes or no." / "... 1 or 0.") is a training wording (:func:`probe_wordings`;
+tested). Paper A's lexical edits stay learnable from other wordings (the picture / photo / image nouns with
+show / feature / contain / depict; "Does the picture show X?", "Does this photo feature X?") and so do its
+formats (yes/no, 1/0 with other instruction sentences).
 """
 
 from __future__ import annotations
@@ -28,12 +37,39 @@ DOMAINS = ("fashion", "digits")
 CONCEPTS = {"fashion": "a fashion item", "digits": "a handwritten digit"}
 CLASS_NAMES = {"fashion": FASHION_MNIST_CLASSES, "digits": DIGIT_CLASSES}
 
-NOUNS = ("image", "picture", "photo")
-VERBS = ("show", "feature", "contain", "depict")
-YN_SUFFIXES = ("The answer must be always yes or no.", "Answer yes or no.", "Please answer yes or no.",
-               "Answer with yes or no.", "")
-BIN_SUFFIXES = ("The answer must be always 1 or 0.", "Answer 1 or 0.", "Answer with 1 for yes or 0 for no.",
-                "Reply with 1 or 0.")
+# ---- the question bank (training wordings) --------------------------------------------------------------
+QUESTIONS = (  # yes/no-type questions about {thing}; none is a probe question (see probe_wordings)
+    "Does this photo show {thing}?",
+    "Does the image show {thing}?",
+    "Does the picture show {thing}?",
+    "Does this photo feature {thing}?",
+    "Does this picture feature {thing}?",
+    "Does the image feature {thing}?",
+    "Does this image contain {thing}?",
+    "Does this picture contain {thing}?",
+    "Does this image depict {thing}?",
+    "Does the photo depict {thing}?",
+    "Is there {thing} in this image?",
+    "Is there {thing} in the picture?",
+    "Is {thing} shown in this image?",
+    "Is {thing} featured in this picture?",
+    "Can you see {thing} in this photo?",
+)
+TF_QUESTIONS = (  # statements for true/false answers
+    "True or false: this photo shows {thing}.",
+    "True or false: there is {thing} in the picture.",
+    "Is it true that the image features {thing}?",
+    "True or false: the picture depicts {thing}.",
+)
+FORMATS = {  # answer format -> (positive, negative answer), instruction sentences ("" = none)
+    "yes/no": (("yes", "no"), ("Answer yes or no.", "Please answer yes or no.", "Answer with yes or no.",
+                               "Reply with yes or no.", "Your answer should be yes or no.",
+                               "Respond with yes or no only.", "")),
+    "1/0": (("1", "0"), ("Answer 1 or 0.", "Answer with 1 for yes or 0 for no.", "Reply with 1 or 0.",
+                         "Respond with 1 (yes) or 0 (no).", "Give 1 for yes and 0 for no.")),
+    "true/false": (("true", "false"), ("Answer true or false.", "Reply with true or false.",
+                                       "Say true or false.")),
+}
 NAMING_QUESTIONS = ("What is in this image?", "What is in the picture?", "What does this image show?",
                     "Name the object in this photo.", "What is this?")
 NAMING_PROBE = NAMING_QUESTIONS[0]
@@ -41,8 +77,37 @@ CAPTION_PROMPTS = ("Describe the image briefly.", "Give a short caption for this
                    "Summarize the photo in a few words.", "Describe this image.")
 CAPTION_TEMPLATES = ("a photo of {p}", "a picture of {p}", "an image of {p}", "{p}", "a small gray image of {p}")
 
+
+def probe_wordings() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Paper A's probe questions (with ``{thing}`` for the concept) and instruction sentences, read off
+    :func:`probekit.prompts.paper_a_variants` and chapter 3's 1/0 negation: what no training wording may hold."""
+    from ..prompts import paper_a_variants
+
+    questions, instructions = set(), set()
+    for v in paper_a_variants("{thing}", "{negation}"):
+        q, rest = v.text.replace("{negation}", "{thing}").split("?", 1)
+        questions.add(q + "?")
+        instructions.add(rest.strip())
+    return tuple(sorted(questions)), tuple(sorted(instructions))
+
+
+def training_templates() -> dict[str, list[str]]:
+    """Every wording the bank can produce, by kind (``{thing}`` / ``{p}`` for the filled phrase): what a card
+    lists and what the disjointness test checks."""
+    out = {}
+    for fmt, (_, instructions) in FORMATS.items():
+        qs = TF_QUESTIONS if fmt == "true/false" else QUESTIONS
+        out[f"questions ({fmt})"] = [f"{q} {i}".strip() for q in qs for i in instructions]
+    out["naming"] = list(NAMING_QUESTIONS)
+    out["caption prompts"] = list(CAPTION_PROMPTS)
+    out["caption answers"] = list(CAPTION_TEMPLATES)
+    return out
+
+
 # Kinds of instruction examples; a recipe's mix gives their sampling weights.
-KINDS = ("concept_yn", "concept_10", "class_yn", "naming")
+KINDS = ("concept_yn", "concept_10", "concept_tf", "class_yn", "naming")
+KIND_FORMAT = {"concept_yn": "yes/no", "concept_10": "1/0", "concept_tf": "true/false"}
+CLASS_FORMATS = (("yes/no", 0.6), ("1/0", 0.25), ("true/false", 0.15))  # answer formats of class questions
 
 
 @dataclass
@@ -70,41 +135,58 @@ def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(train), np.sort(test)
 
 
+HELDOUT_SPLITS = ("dev", "test")
+
+
+def heldout_split(labels: np.ndarray, split: str, seed: int = 0) -> np.ndarray:
+    """Positions of ``split`` ('dev' or 'test') among held-out images with these ``labels``: per class a seeded
+    permutation, its first half dev, the rest test (so the two never share an image)."""
+    if split not in HELDOUT_SPLITS:
+        raise ValueError(f"held-out split must be one of {HELDOUT_SPLITS}, got {split!r}")
+    rng = np.random.default_rng(seed + 4242)
+    keep = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        half = len(idx) // 2
+        keep += (idx[:half] if split == "dev" else idx[half:]).tolist()
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
 def image_pools(split: str, fashion_limit: int | None = None, seed: int = 0) -> dict[str, ImagePool]:
-    """The two domains' images of ``split`` ('train' or 'test'); ``fashion_limit`` keeps the first n
-    of a seeded permutation of the Fashion-MNIST split (the instruction-data "size" knob)."""
-    fx, fy = load_fashion_mnist_arrays(split=split)
-    if fashion_limit is not None and fashion_limit < len(fy):
+    """The two domains' images of ``split``: 'train', or a held-out half, 'dev' or 'test'
+    (:func:`heldout_split` of Fashion-MNIST's test split and of the digits' held-out third). ``fashion_limit``
+    keeps the first n of a seeded permutation of the Fashion-MNIST train split (the instruction-data "size" knob)."""
+    if split not in ("train", *HELDOUT_SPLITS):
+        raise ValueError(f"split must be 'train', 'dev' or 'test', got {split!r}")
+    fx, fy = load_fashion_mnist_arrays(split="train" if split == "train" else "test")
+    if split == "train" and fashion_limit is not None and fashion_limit < len(fy):
         keep = np.sort(np.random.default_rng(seed + 777).permutation(len(fy))[:fashion_limit])
         fx, fy = fx[keep], fy[keep]
     dx, dy = load_digits_arrays()
-    tr, te = digits_split()
-    sel = tr if split == "train" else te
-    return {"fashion": ImagePool("fashion", fx, fy), "digits": ImagePool("digits", dx[sel], dy[sel])}
+    tr, held = digits_split()
+    dsel = tr if split == "train" else held
+    dx, dy = dx[dsel], dy[dsel]
+    if split != "train":
+        f, d = heldout_split(fy, split), heldout_split(dy, split)
+        fx, fy, dx, dy = fx[f], fy[f], dx[d], dy[d]
+    return {"fashion": ImagePool("fashion", fx, fy), "digits": ImagePool("digits", dx, dy)}
 
 
-def _yn_question(rng, thing: str, binary: bool) -> str:
-    form = rng.integers(3)
-    noun = NOUNS[rng.integers(len(NOUNS))]
-    if form == 0 or form == 1:
-        verb = VERBS[rng.integers(len(VERBS))]
-        q = f"Does this {noun} {verb} {thing}?"
-    else:
-        q = f"Is there {thing} in this {noun}?"
-    suffixes = BIN_SUFFIXES if binary else YN_SUFFIXES
-    suffix = suffixes[rng.integers(len(suffixes))]
-    return f"{q} {suffix}".strip()
+def binary_question(rng, thing: str, fmt: str) -> tuple[str, tuple[str, str]]:
+    """A question about ``thing`` in answer format ``fmt`` from the bank, and its (positive, negative) answers."""
+    answers, instructions = FORMATS[fmt]
+    qs = TF_QUESTIONS if fmt == "true/false" else QUESTIONS
+    q = qs[rng.integers(len(qs))].format(thing=thing)
+    return f"{q} {instructions[rng.integers(len(instructions))]}".strip(), answers
 
 
 def make_example(rng: np.random.Generator, kind: str, domain: str, label: int) -> tuple[str, str]:
     """(question, answer) of ``kind`` for an image of ``domain`` with class ``label``."""
     other = "digits" if domain == "fashion" else "fashion"
-    if kind in ("concept_yn", "concept_10"):
+    if kind in KIND_FORMAT:
         positive = rng.random() < 0.5
-        thing = CONCEPTS[domain if positive else other]
-        binary = kind == "concept_10"
-        answer = ("1" if positive else "0") if binary else ("yes" if positive else "no")
-        return _yn_question(rng, thing, binary), answer
+        q, answers = binary_question(rng, CONCEPTS[domain if positive else other], KIND_FORMAT[kind])
+        return q, answers[0 if positive else 1]
     if kind == "class_yn":
         phrases = class_phrases()
         positive = rng.random() < 0.5
@@ -115,9 +197,9 @@ def make_example(rng: np.random.Generator, kind: str, domain: str, label: int) -
             thing = phrases[domain][c]
         else:
             thing = phrases[other][rng.integers(10)]
-        binary = rng.random() < 0.3
-        answer = ("1" if positive else "0") if binary else ("yes" if positive else "no")
-        return _yn_question(rng, thing, binary), answer
+        fmts, w = zip(*CLASS_FORMATS)
+        q, answers = binary_question(rng, thing, fmts[rng.choice(len(fmts), p=np.array(w) / sum(w))])
+        return q, answers[0 if positive else 1]
     if kind == "naming":
         return NAMING_QUESTIONS[rng.integers(len(NAMING_QUESTIONS))], CLASS_NAMES[domain][label]
     raise ValueError(f"unknown example kind {kind!r}; use one of {KINDS}")
