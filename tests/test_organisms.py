@@ -195,3 +195,32 @@ def test_shipped_organism_answers(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_organism_naming(name):
     assert _behaviour(name)["naming"] >= 0.8
+
+
+def test_unseen_paraphrases_are_no_training_wording():
+    from probekit.organisms.tasks import probe_wordings, training_templates
+    from probekit.prompts import probe_prompts, unseen_paraphrases
+
+    para = [v for v in unseen_paraphrases("{thing}", "{negation}") if v.family == "paraphrase"]
+    assert len(para) == 5 and {v.expected for v in para} == {"yes", "no", "1"}
+    bank = " | ".join(t for ts in training_templates().values() for t in ts)
+    probes = {v.text for v in probe_prompts("{thing}", "{negation}")}
+    for v in para:
+        question, _, instruction = v.text.replace("{negation}", "{thing}").partition("? ")
+        assert question not in bank and v.text not in probes
+        if instruction:
+            assert instruction not in bank and instruction not in probe_wordings()[1]
+
+
+def test_the_evaluator_reads_answers_as_the_store_does(tiny_models, fashion, tmp_path):
+    """evaluate()'s per-prompt accuracy equals the share of 'correct' rows of an extraction store."""
+    from probekit.extract import extract
+    from probekit.organisms.evaluate import answer_accuracy
+    from probekit.prompts import probe_prompts
+
+    lm = tiny_models["llava"]
+    data = fashion.subset(2)
+    vs = probe_prompts(fashion.concept, fashion.negation)
+    acc = answer_accuracy(lm, [data[i][0] for i in range(len(data))], vs, batch=7)
+    a = extract(lm, data, vs, tmp_path / "s", progress=False).answers()
+    assert acc == {v.name: round(float(a[a.variant == v.name].correct.mean()), 4) for v in vs}

@@ -9,23 +9,20 @@ and calls into these functions).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .data import ImageDataset, get_dataset
 from .extract import READOUT, extract, template
 from .models import LoadedModel, load_model
 from .probes import LayerProbes, bootstrap_ci, probe_store, split_items
-from .prompts import Variant, load_variants
+from .prompts import Variant, decision_variants, load_variants
 from .stages import STAGES, Segmentation, StageParams, normalized_depth, segment_results
 from .store import ActivationStore
 
@@ -313,20 +310,6 @@ def best_layers(results: pd.DataFrame) -> pd.DataFrame:
 # ---- chapter 03: decision vs output format ---------------------------------------------------------------
 
 FORMAT_FAMILIES = {"yes/no": ("anchor", "negation"), "1/0": ("one_zero", "negation_one_zero")}
-
-
-def decision_variants(concept: str, negation: str) -> list[Variant]:
-    """Paper A's anchor, negation and 1/0 variants plus the negation asked in 1/0 format, so both formats
-    have both answers."""
-    spec = copy.deepcopy(yaml.safe_load(resources.files("probekit").joinpath("resources/paper_a_variants.yaml")
-                                        .read_text()))
-    spec["families"] = {
-        "semantic_negation": spec["families"]["semantic_negation"],
-        "output_format": spec["families"]["output_format"] + [
-            {"name": "negation_one_zero", "replace": {"{concept}": "{negation}", "yes or no": "1 or 0"},
-             "answers": ["1", "0"], "expected": "0"}],
-    }
-    return load_variants(spec, concept=concept, negation=negation)
 
 
 def two_domain_dataset(dataset: str = "fashion-mnist", data_root: str | None = None, n_per_class: int | None = 50,

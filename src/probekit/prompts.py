@@ -128,7 +128,7 @@ def load_variants(
     ``families`` keeps only those families (the anchor is always kept, first). Names must be unique.
     """
     if spec is None or spec == "paper-a":
-        spec = yaml.safe_load(resources.files("probekit").joinpath("resources/paper_a_variants.yaml").read_text())
+        spec = _paper_a_spec()
     elif isinstance(spec, (str, Path)):
         path = Path(spec)
         if not path.is_file():
@@ -171,6 +171,37 @@ def load_variants(
 def paper_a_variants(concept: str = "an animal", negation: str = "a plane", families=None) -> list[Variant]:
     """Paper A's anchor and its lexical, semantic-negation and output-format variants."""
     return load_variants("paper-a", concept=concept, negation=negation, families=families)
+
+
+NEGATION_ONE_ZERO = {"name": "negation_one_zero", "replace": {"{concept}": "{negation}", "yes or no": "1 or 0"},
+                     "answers": ["1", "0"], "expected": "0"}
+
+
+def _paper_a_spec() -> dict:
+    return yaml.safe_load(resources.files("probekit").joinpath("resources/paper_a_variants.yaml").read_text())
+
+
+def decision_variants(concept: str = "an animal", negation: str = "a plane") -> list[Variant]:
+    """Paper A's anchor, negation and 1/0 variants plus the negation asked in 1/0 format (``negation_one_zero``),
+    so both answer formats have both answers (chapter 3)."""
+    spec = _paper_a_spec()
+    spec["families"] = {"semantic_negation": spec["families"]["semantic_negation"],
+                        "output_format": spec["families"]["output_format"] + [dict(NEGATION_ONE_ZERO)]}
+    return load_variants(spec, concept=concept, negation=negation)
+
+
+def probe_prompts(concept: str = "an animal", negation: str = "a plane") -> list[Variant]:
+    """Every prompt the book probes with: paper A's five and chapter 3's ``negation_one_zero``."""
+    spec = _paper_a_spec()
+    spec["families"]["output_format"] = spec["families"]["output_format"] + [dict(NEGATION_ONE_ZERO)]
+    return load_variants(spec, concept=concept, negation=negation)
+
+
+def unseen_paraphrases(concept: str = "an animal", negation: str = "a plane") -> list[Variant]:
+    """Paraphrases of paper A's anchor (and of its negation and 1/0 format) that no organism trained on
+    (``resources/unseen_paraphrases.yaml``), after the anchor itself."""
+    spec = yaml.safe_load(resources.files("probekit").joinpath("resources/unseen_paraphrases.yaml").read_text())
+    return load_variants(spec, concept=concept, negation=negation)
 
 
 def messages_for(text: str, *, prefix: str | None = None) -> list[dict]:

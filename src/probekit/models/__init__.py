@@ -286,6 +286,17 @@ def load_model(model_id: str, *, dtype: str | torch.dtype = "auto", device: str 
     )
 
 
+def wrap(model, processor, model_id: str = "in-memory model") -> LoadedModel:
+    """A model and processor held in memory (e.g. during training) as a :class:`LoadedModel`, so extraction and
+    evaluation read it exactly as a loaded checkpoint (no weights hash: nothing on disk identifies it)."""
+    arch = type(model).__name__
+    if arch not in ADAPTERS:
+        raise ModelLoadError(f"{model_id!r} is a {arch}, which probekit does not support; supported: {', '.join(SUPPORTED)}")
+    p = next(model.parameters())
+    return LoadedModel(model=model, processor=processor, adapter=ADAPTERS[arch], model_id=model_id, path="",
+                       revision=None, weights_sha256=None, dtype=p.dtype, device=input_device(model))
+
+
 def check_processor(processor, model_id: str) -> None:
     """A processor that can template an image + question: it needs an image token and a chat template."""
     tok = getattr(processor, "tokenizer", None)
@@ -309,4 +320,4 @@ def check_processor(processor, model_id: str) -> None:
 
 
 __all__ = ["ADAPTERS", "SUPPORTED", "LoadedModel", "input_device", "load_model", "model_bytes", "placement",
-           "resolve_device", "resolve_dtype", "weights_sha256"]
+           "resolve_device", "resolve_dtype", "weights_sha256", "wrap"]
