@@ -66,7 +66,7 @@ ORGANISMS: dict[str, Recipe] = {
             summary="llava-organism with different instruction-tuning data: a 10,000-image Fashion-MNIST subset "
                     "and a mix without class-level yes/no questions (naming-heavy). Everything else identical.",
             instruct_images=10_000,
-            instruct_mix=(("concept_yn", 0.35), ("concept_10", 0.2), ("naming", 0.45)),
+            instruct_mix=(("concept_yn", 0.3), ("concept_10", 0.2), ("concept_tf", 0.05), ("naming", 0.45)),
         ),
         dataclasses.replace(
             _LLAVA,
@@ -77,8 +77,19 @@ ORGANISMS: dict[str, Recipe] = {
                     "Debian documentation (same tokenizer, trained on the Debian corpus). Everything else identical.",
             lm_corpus="python-docstrings",
         ),
+        *(dataclasses.replace(
+            _LLAVA,
+            name=f"llava-organism-seed{k}",
+            base="llava-organism",
+            controlled_factor="training seed",
+            summary=f"llava-organism trained with seed {k} (initial weights, tokenizer-independent sampling of "
+                    "images and questions); recipe otherwise identical: a replicate for the noise floor between "
+                    "organisms that differ only in training seed.",
+            seed=k,
+        ) for k in (1, 2)),
     )
 }
+SEED_REPLICATES = ("llava-organism", "llava-organism-seed1", "llava-organism-seed2")
 
 
 def shipped_dir(name: str) -> Path:
@@ -175,41 +186,70 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
         f"- images: Fashion-MNIST **train** split ({report['instruct_fashion_images']:,} images in instruction "
         f"tuning; all 60,000 in phases 1 and 3) and scikit-learn digits, seeded 2/3 train split "
         f"({report['instruct_digit_images']} images), {r.digits_fraction:.0%} of examples are digits. "
-        "Fashion-MNIST **test** and the held-out third of the digits are never trained on.",
-        "- instruction questions: yes/no and 1/0 questions about the domain concept ('a fashion item', "
-        "'a handwritten digit' — asked of both domains, so 'no' answers exist), about classes ('a sneaker'), "
-        "and naming ('What is in this image?' -> class name), in several phrasings that include paper A's "
-        "anchor and its lexical, semantic-negation and output-format variants.",
+        "Fashion-MNIST **test** and the held-out third of the digits are never trained on; each is cut per class "
+        "into a **dev** half (the split any training decision was made on, e.g. the vision phase's length) and a "
+        "**test** half (the numbers below; never used for a decision).",
+        "- instruction questions: yes/no, 1/0 and true/false questions about the domain concept ('a fashion item', "
+        "'a handwritten digit' — asked of both domains, so negative answers exist), about classes ('a sneaker'), "
+        "and naming ('What is in this image?' -> class name), from the training bank listed below. **Paper A's probe "
+        "prompts are held out**: none of their questions ('Does this image show X?', 'Does this picture show X?', "
+        "'Does this image feature X?', for any X) and neither instruction sentence ('The answer must be always yes "
+        "or no.' / '... 1 or 0.') occurs in any training text (tested: `tests/test_organisms.py`).",
         f"- decoder text: `{r.lm_corpus}` ({report['lm_corpus']['chars']:,} chars incl. task-vocabulary sentences, "
         f"sha256 {report['lm_corpus']['sha256'][:12]}...), composed from files on the machine, no downloads.",
         "",
-        "## Held-out behaviour",
-        "",
-        "Answer accuracy = argmax over the two expected answers' first tokens of the next-token logits at the "
-        "last position of the templated prompt; naming = exact class name by greedy decoding.",
+        "Training templates (`probekit.organisms.tasks.training_templates()`; `{thing}` is a concept or class "
+        "phrase, `{p}` a class phrase):",
         "",
     ]
-    keys = [k for k in next(iter(metrics.values())) if isinstance(next(iter(metrics.values()))[k], float)]
-    lines += ["| images | n | concept | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
-    for name, m in metrics.items():
-        lines.append(f"| {name} | {m['n']} | {m['concept_text']} | " + " | ".join(_fmt_acc(m[k]) for k in keys) + " |")
+    from .tasks import training_templates
+
+    for kind, ts in training_templates().items():
+        lines.append(f"- {kind}: " + "; ".join(f"`{t}`" for t in ts))
+    lines += [
+        "",
+        "## Held-out behaviour",
+        "",
+        "Answer accuracy = share of images on which the model prefers the correct answer, read as the book reads it "
+        "(each answer's best token sequence, teacher-forced after the generation prompt: `probekit.organisms."
+        "evaluate`), on every probe prompt (`probekit.prompts.probe_prompts`) and on five paraphrases no organism "
+        "trained on; naming = exact class name by greedy decoding. **Test** half:",
+        "",
+    ]
+    lines += _metrics_table(metrics)
     fm = metrics.get("fashion-mnist/test", {})
-    answers = {k: fm[k] for k in keys if k != "naming"}
-    if answers:
-        worst = min(answers, key=answers.get)
-        met = "met" if answers[worst] >= 0.95 else "NOT met"
-        lines += ["", f"Targets on Fashion-MNIST test: answers >= 95 % on every variant — {met} (lowest: {worst} "
-                  f"{_fmt_acc(answers[worst])}); naming >= 80 % — "
+    answers = {k: m[k] for m in metrics.values() for k in _answer_keys(m)}
+    worst_by = {k: min(m[k] for m in metrics.values()) for k in answers}
+    if worst_by:
+        worst = min(worst_by, key=worst_by.get)
+        met = "met" if worst_by[worst] >= 0.95 else "NOT met"
+        lines += ["", f"Targets on the test half: answers >= 95 % on every probe prompt, both domains — {met} (lowest: "
+                  f"{worst} {_fmt_acc(worst_by[worst])}); naming >= 80 % on Fashion-MNIST — "
                   f"{'met' if fm.get('naming', 0) >= 0.8 else 'NOT met'} ({_fmt_acc(fm.get('naming', 0))})."]
-    lines += [""]
-    for name, m in metrics.items():
-        if m.get("any_surface_form"):
-            lines.append(f"With `probekit.extract`'s readout (max over the first tokens of 'yes', 'Yes', ' yes', ' Yes' "
-                         f"against the same forms of the other answer), {name}: " + ", ".join(
-                             f"{k} {_fmt_acc(v)}" for k, v in m["any_surface_form"].items()) + ".")
+    if report.get("dev"):
+        lines += ["", "Dev half (what training decisions were made on):", ""] + _metrics_table(report["dev"])
     lines += ["", "Full numbers: `organism.json`."]
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
     return out_dir / "README.md"
+
+
+def _answer_keys(m: dict) -> list[str]:
+    return [k for k, v in m.items() if isinstance(v, float) and k != "naming"]
+
+
+def _metrics_table(metrics: dict) -> list[str]:
+    """One row per held-out set: n, concept, every probe prompt, the paraphrases' lowest, naming."""
+    first = next(iter(metrics.values()))
+    keys = _answer_keys(first)
+    lines = ["| images | n | concept | " + " | ".join(keys) + " | paraphrases (lowest) | naming |",
+             "|---|---|---|" + "---|" * (len(keys) + 2)]
+    for name, m in metrics.items():
+        para = m.get("paraphrases") or {}
+        low = min(para, key=para.get) if para else None
+        lines.append(f"| {name} | {m['n']} | {m['concept_text']} | " + " | ".join(_fmt_acc(m[k]) for k in keys)
+                     + f" | {f'{_fmt_acc(para[low])} ({low})' if low else '—'} | "
+                     + (_fmt_acc(m['naming']) if 'naming' in m else '—') + " |")
+    return lines
 
 
 def _machine() -> str:
@@ -229,10 +269,8 @@ def train_organism(name: str | Recipe, out_dir=None, *, seed: int | None = None,
     2-core machine shared with other jobs, 2 threads stalled at OpenMP barriers and ran ~5x slower).
     """
     import torch
-    from transformers import AutoProcessor
 
-    from ..build import MODEL_CLASSES
-    from .recipe import evaluate, run_recipe, save, write_metadata
+    from .recipe import run_recipe, save, write_metadata
 
     recipe = name if isinstance(name, Recipe) else ORGANISMS.get(name)
     if recipe is None:
@@ -251,16 +289,29 @@ def train_organism(name: str | Recipe, out_dir=None, *, seed: int | None = None,
     log(f"[save] {out_dir} after {report['train_seconds']:.0f} s of training")
     metrics = {}
     if evaluate_after:
-        t = time.perf_counter()
-        loaded = MODEL_CLASSES[recipe.family].from_pretrained(out_dir)
-        metrics = evaluate(loaded, AutoProcessor.from_pretrained(out_dir), eval_per_class=recipe.eval_per_class,
-                           log=log)
-        report["eval_seconds"] = round(time.perf_counter() - t, 1)
+        metrics = _evaluate_saved(out_dir, recipe, report, log)
     report["held_out"] = metrics
     write_metadata(out_dir, recipe, report)
     if metrics:
         write_card(out_dir, recipe, report, metrics)
     return out_dir
+
+
+def _evaluate_saved(out_dir: Path, recipe: Recipe, report: dict, log) -> dict:
+    """Evaluate a saved organism after re-loading it from disk: the dev half (the split for training decisions,
+    kept in ``report['dev']``) and the test half (returned: what the card reports)."""
+    from transformers import AutoProcessor
+
+    from ..build import MODEL_CLASSES
+    from .evaluate import evaluate
+
+    t = time.perf_counter()
+    loaded = MODEL_CLASSES[recipe.family].from_pretrained(out_dir)
+    processor = AutoProcessor.from_pretrained(out_dir)
+    report["dev"] = evaluate(loaded, processor, split="dev", per_class=recipe.eval_per_class, log=log)
+    test = evaluate(loaded, processor, split="test", per_class=recipe.eval_per_class, log=log)
+    report["eval_seconds"] = round(time.perf_counter() - t, 1)
+    return test
 
 
 def rewrite_card(out_dir) -> Path:
@@ -278,21 +329,14 @@ def refresh_card(out_dir, *, log=print) -> Path:
     ``organism.json`` held-out numbers; the recipe and training report are kept."""
     import json
 
-    from transformers import AutoProcessor
-
-    from ..build import MODEL_CLASSES
-    from .recipe import evaluate, write_metadata
+    from .recipe import write_metadata
 
     out_dir = Path(out_dir)
     meta = json.loads((out_dir / "organism.json").read_text())
     rd = dict(meta.pop("recipe"))
     rd["instruct_mix"] = tuple(rd["instruct_mix"].items())
     recipe = Recipe(**rd)
-    t = time.perf_counter()
-    model = MODEL_CLASSES[recipe.family].from_pretrained(out_dir)
-    meta["held_out"] = evaluate(model, AutoProcessor.from_pretrained(out_dir), eval_per_class=recipe.eval_per_class,
-                                log=log)
-    meta["eval_seconds"] = round(time.perf_counter() - t, 1)
+    meta["held_out"] = _evaluate_saved(out_dir, recipe, meta, log)
     write_metadata(out_dir, recipe, meta)
     return write_card(out_dir, recipe, meta, meta["held_out"])
 
@@ -306,7 +350,7 @@ def train_all(out_root=None, *, seed: int | None = None, log=print, names=None, 
 # The registry (``ORGANISMS`` & co.) imports without torch -- the CLI builds its choices and help from it --
 # so the recipe module (torch, transformers) is imported only by the functions that train or evaluate, and
 # the two helpers re-exported from it resolve on first access (PEP 562).
-_FROM_RECIPE = ("count_parameters", "evaluate")
+_FROM_RECIPE = ("count_parameters",)
 
 
 def __getattr__(name: str):
@@ -314,11 +358,15 @@ def __getattr__(name: str):
         from . import recipe
 
         return getattr(recipe, name)
+    if name == "evaluate":
+        from .evaluate import evaluate
+
+        return evaluate
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_FROM_RECIPE})
+    return sorted({*globals(), *_FROM_RECIPE, "evaluate"})
 
 
 __all__ = [

@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 
 from .. import build
-from ..prompts import answer_forms, messages_for, paper_a_variants
+from ..prompts import messages_for
 from . import corpus as corpus_mod
 from .spec import Recipe  # defined without torch in spec.py (for the registry); still importable from here
-from .tasks import CLASS_NAMES, CONCEPTS, NAMING_PROBE, image_pools, sample_batch
+from .tasks import image_pools, sample_batch
 
 
 # ----------------------------------------------------------------------------------------------- parts
@@ -216,73 +216,6 @@ def _phase_mm(name, model, chat, recipe, pools, rng, log, roles, steps, batch, l
         return model(**inputs).loss
 
     return _optimize(name, params, steps, lr, loss_fn, log)
-
-
-# ------------------------------------------------------------------------------------------ evaluation
-
-@torch.no_grad()
-def evaluate(model, processor, *, eval_per_class: int = 100, batch: int = 100, seed: int = 0, log=print,
-             domains: tuple[str, ...] = ("fashion", "digits")) -> dict:
-    """Held-out behaviour: answer accuracy per paper-A variant (argmax over the two answers' first
-    tokens at the last prompt position) and exact naming by greedy decoding, per domain.
-
-    Fashion-MNIST test (``eval_per_class`` per class, seeded) and the held-out third of the digits;
-    each domain is asked with its own concept (so semantic negation names the other domain).
-    """
-    model.eval()
-    chat = Chat(processor)
-    pools = image_pools("test")
-    out = {}
-    for domain, other in (("fashion", "digits"), ("digits", "fashion")):
-        if domain not in domains:
-            continue
-        pool = pools[domain]
-        idx = np.arange(len(pool))
-        if domain == "fashion" and eval_per_class:
-            rng = np.random.default_rng(seed)
-            idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(pool.labels == c), eval_per_class, replace=False)
-                                          for c in range(10)]))
-        key = "fashion-mnist/test" if domain == "fashion" else "digits/held-out"
-        res = {"n": int(len(idx)), "concept_text": CONCEPTS[domain], "negation_text": CONCEPTS[other]}
-        variants = paper_a_variants(CONCEPTS[domain], CONCEPTS[other])
-        # the single-token surface forms of each answer (the organisms' answers are single tokens)
-        forms = {}
-        for v in variants:
-            af = answer_forms(chat.tokenizer, chat.prompt(v.text), v)
-            firsts = [sorted({f[0] for f in fs if len(f) == 1}) for fs in af.forms]
-            forms[v.name] = (firsts[af.expected], firsts[1 - af.expected])
-        res["any_surface_form"] = {}
-        for v in variants:
-            pos, neg = chat.first_token(v.answers[0]), chat.first_token(v.answers[1])
-            want_pos = v.expected == v.answers[0]
-            right, wrong = forms[v.name]
-            correct = correct_forms = 0
-            for s in range(0, len(idx), batch):
-                ids = idx[s:s + batch]
-                enc = encode(chat, [_pil(pools, domain, i) for i in ids], [v.text] * len(ids))
-                last = enc["attention_mask"].sum(1) - 1  # prompts of one variant have equal length
-                logits = model(**enc).logits[torch.arange(len(ids)), last]
-                says_pos = logits[:, pos] > logits[:, neg]
-                correct += int((says_pos == want_pos).sum())
-                correct_forms += int((logits[:, right].max(1).values > logits[:, wrong].max(1).values).sum())
-            res[v.name] = round(correct / len(idx), 4)
-            res["any_surface_form"][v.name] = round(correct_forms / len(idx), 4)
-        correct = 0
-        names = CLASS_NAMES[domain]
-        for s in range(0, len(idx), batch):
-            ids = idx[s:s + batch]
-            enc = encode(chat, [_pil(pools, domain, i) for i in ids], [NAMING_PROBE] * len(ids))
-            gen = model.generate(**enc, max_new_tokens=8, do_sample=False, eos_token_id=chat.end_id,
-                                 pad_token_id=chat.tokenizer.pad_token_id)
-            for i, row in zip(ids, gen[:, enc["input_ids"].shape[1]:].tolist()):
-                if chat.end_id in row:
-                    row = row[:row.index(chat.end_id)]
-                said = "".join(chat.tokenizer.decode(row, skip_special_tokens=True).lower().split())
-                correct += said == "".join(names[pool.labels[i]].lower().split())
-        res["naming"] = round(correct / len(idx), 4)
-        log(f"[eval] {key}: " + ", ".join(f"{k} {v}" for k, v in res.items() if isinstance(v, float)))
-        out[key] = res
-    return out
 
 
 # --------------------------------------------------------------------------------------------- train

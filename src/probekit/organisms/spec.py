@@ -41,7 +41,7 @@ class Recipe:
     image_size: int = 28
     patch_size: int = 7
     # phase 1: vision tower
-    vision_steps: int = 400
+    vision_steps: int = 2400
     vision_batch: int = 128
     vision_lr: float = 2e-3
     # phase 2: decoder LM pretraining
@@ -54,14 +54,14 @@ class Recipe:
     align_batch: int = 32
     align_lr: float = 2e-3
     # phase 4: instruction tuning
-    instruct_steps: int = 800
+    instruct_steps: int = 1000
     instruct_batch: int = 32
     instruct_lr: float = 1.5e-3
     instruct_mix: tuple[tuple[str, float], ...] = (
-        ("concept_yn", 0.3), ("concept_10", 0.15), ("class_yn", 0.2), ("naming", 0.35))
+        ("concept_yn", 0.25), ("concept_10", 0.15), ("concept_tf", 0.05), ("class_yn", 0.2), ("naming", 0.35))
     instruct_images: int | None = None  # distinct Fashion-MNIST train images (None = all 60,000)
     digits_fraction: float = 0.3
-    # evaluation (held-out): Fashion-MNIST test images per class; all held-out digits
+    # evaluation: Fashion-MNIST images per class of the held-out dev / test half; all of the digits' half
     eval_per_class: int = 100
 
     def to_dict(self) -> dict:
