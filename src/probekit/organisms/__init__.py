@@ -259,14 +259,21 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores visible, torch {__import__('torch').__version__}"
 
 
+def vision_cache_dir() -> Path:
+    """Where phase 1's towers are shared between organisms (``$PROBEKIT_CACHE/organism-vision``)."""
+    return Path(os.environ.get("PROBEKIT_CACHE", Path.home() / ".cache" / "probekit")) / "organism-vision"
+
+
 def train_organism(name: str | Recipe, out_dir=None, *, seed: int | None = None, log=print,
-                   evaluate_after: bool = True, threads: int | None = None) -> Path:
+                   evaluate_after: bool = True, threads: int | None = None, share_vision: bool = True) -> Path:
     """Train organism ``name`` per its recipe, ``save_pretrained`` model + processor to ``out_dir``
     (default ``./organisms/<name>``; the shipped copies live in ``shipped_dir(name)``), evaluate it on
     held-out images after re-loading it from disk, and write ``README.md`` (card) + ``organism.json``.
 
     ``threads`` sets ``torch.set_num_threads`` (the shipped organisms were trained with 1 thread: on a
     2-core machine shared with other jobs, 2 threads stalled at OpenMP barriers and ran ~5x slower).
+    ``share_vision``: phase 1 (the vision tower) is restored from :func:`vision_cache_dir` when an organism with
+    the same phase-1 key trained it before (the same bits as training it again), else trained and stored.
     """
     import torch
 
@@ -281,7 +288,7 @@ def train_organism(name: str | Recipe, out_dir=None, *, seed: int | None = None,
     if threads:
         torch.set_num_threads(threads)
     load_start = os.getloadavg()[0]
-    model, processor, report = run_recipe(recipe, log=log)
+    model, processor, report = run_recipe(recipe, log=log, vision_cache=vision_cache_dir() if share_vision else None)
     report["machine"] = _machine()
     report["load_average_1min"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2),
                                    "cores": os.cpu_count()}

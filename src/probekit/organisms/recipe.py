@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -173,6 +174,52 @@ def _vision_features(model, inputs: dict) -> torch.Tensor:
     return torch.stack([c.mean(0) for c in torch.split(h, thw.prod(-1).tolist())])
 
 
+VISION_FIELDS = ("family", "seed", "vision_layers", "vision_hidden", "vision_heads", "vision_intermediate", "image_size",
+                 "patch_size", "vision_steps", "vision_batch", "vision_lr", "digits_fraction")
+
+
+def vision_cache_key(recipe: Recipe) -> str:
+    """What phase 1 depends on: the vision tower's shape and training, the seed (the tower's initial weights come
+    first in the model's construction, and the phase reseeds torch's generator, so the decoder's size changes
+    neither) and the torch version."""
+    import hashlib
+
+    key = {f: getattr(recipe, f) for f in VISION_FIELDS} | {"torch": torch.__version__, "phase": "vision/1"}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached_phase_vision(model, processor, recipe: Recipe, pools, rng, log, cache_dir: Path | None) -> dict:
+    """Phase 1, or its result from ``cache_dir``: organisms that differ only after phase 1 (tokenizer, corpus,
+    instruction data) train the same tower bit for bit, so the first run stores the tower, the random
+    generators' states after the phase and its report, and later runs restore them (tested to equal a fresh
+    phase 1). ``cache_dir=None`` always trains."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(recipe.seed)  # the phase's own start: its head and result do not depend on the decoder's size
+    tower = _parts(model)["vision"]
+    path = None if cache_dir is None else Path(cache_dir) / f"vision-{vision_cache_key(recipe)}"
+    if path is not None and (path / "report.json").is_file():
+        state = load_file(str(path / "tower.safetensors"))
+        for i, m in enumerate(tower):
+            m.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == str(i)})
+        meta = json.loads((path / "report.json").read_text())
+        rng.bit_generator.state = meta["numpy_rng"]
+        torch.set_rng_state(load_file(str(path / "torch_rng.safetensors"))["state"])
+        log(f"[vision] restored from {path} (phase 1 of an earlier run with the same key)")
+        return {**meta["report"], "restored_from_cache": True}
+    report = phase_vision(model, processor, recipe, pools, rng, log)
+    if path is not None:
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file({f"{i}.{k}": v.detach().contiguous() for i, m in enumerate(tower) for k, v in m.state_dict().items()},
+                  str(tmp / "tower.safetensors"))
+        save_file({"state": torch.get_rng_state()}, str(tmp / "torch_rng.safetensors"))
+        (tmp / "report.json").write_text(json.dumps({"report": report, "numpy_rng": rng.bit_generator.state}))
+        if not path.exists():
+            os.replace(tmp, path)
+    return report
+
+
 def phase_vision(model, processor, recipe: Recipe, pools, rng, log) -> dict:
     params = _trainable(model, ("vision",))
     width = _vision_features(model, dict(processor.image_processor(images=[_pil(pools, "fashion", 0)], return_tensors="pt"))).shape[-1]
@@ -242,8 +289,9 @@ def build_untrained(recipe: Recipe, tokenizer):
     return model, processor
 
 
-def run_recipe(recipe: Recipe, log=print) -> tuple[object, object, dict]:
-    """Train per ``recipe``; returns (model, processor, report with per-phase stats and timing)."""
+def run_recipe(recipe: Recipe, log=print, vision_cache: Path | None = None) -> tuple[object, object, dict]:
+    """Train per ``recipe``; returns (model, processor, report with per-phase stats and timing). ``vision_cache``:
+    a folder where phase 1's result is shared between organisms with the same :func:`vision_cache_key`."""
     t0, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
@@ -258,7 +306,7 @@ def run_recipe(recipe: Recipe, log=print) -> tuple[object, object, dict]:
     log(f"[lm corpus] {recipe.lm_corpus}: {len(stream)} tokens; setup {prep} s; {count_parameters(model):,} parameters")
     model.train()
     phases = {"setup": {"seconds": prep}}
-    phases["vision"] = phase_vision(model, processor, recipe, train, rng, log)
+    phases["vision"] = cached_phase_vision(model, processor, recipe, train, rng, log, vision_cache)
     phases["lm"] = phase_lm(model, tokenizer, recipe, stream, rng, log)
     phases["align"] = _phase_mm("align", model, chat, recipe, train, rng, log, ("projector",),
                                 recipe.align_steps, recipe.align_batch, recipe.align_lr, None)
