@@ -5,6 +5,21 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
+
+def pytest_report_header(config):
+    """Which releases this run tests (the locked set, or `make test-latest`'s newest transformers)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(dist):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return "probekit on: " + ", ".join(f"{d} {v(d)}" for d in ("torch", "torchvision", "transformers", "tokenizers",
+                                                               "huggingface-hub"))
+
+
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl")
 ARCHITECTURES = {
     "llava": "LlavaForConditionalGeneration",

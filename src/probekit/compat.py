@@ -24,5 +24,8 @@ def cache_kwargs(model, cache) -> dict:
 
 def output_cache(out):
     """The key/value cache of a model output (``out.cache`` from 5.24, ``out.past_key_values`` before)."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
+    # by the output's declared fields, not by value: on 5.24 a ``cache`` of None must not fall back to the
+    # deprecated ``past_key_values`` property (it warns, then returns the same None)
+    if "cache" in getattr(out, "__dataclass_fields__", ()):
+        return out.cache
+    return out.past_key_values

@@ -2,7 +2,7 @@
 
 Under causal attention an image token's key and value at every layer depend only on what precedes it
 (the image and any text prefix), never on the question that follows. probekit reads them from the model's
-own cache (``past_key_values`` of a forward pass with ``use_cache=True``):
+own cache (``cache``, before transformers 5.24 ``past_key_values``, of a forward pass with ``use_cache=True``):
 
 - **values**: ``[layers, image tokens, kv_heads * head_dim]`` — all KV heads, flattened per token;
 - **keys**: the same shape, *as cached*, i.e. after the rotary position embedding (Qwen2-VL: multimodal
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .compat import output_cache
 from .errors import DataError, ProbekitError, StoreError
 from .extract import _no_grad_eval, _to_device, template
 from .models import LoadedModel
@@ -137,7 +138,7 @@ def image_states(lm: LoadedModel, prompts: Sequence[str], images: Sequence, *,
         raise ProbekitError(f"{lm.model_id!r}: the projector ran {len(captured)} times in one forward pass, expected once")
     image_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     vision = lm.adapter.vision_tokens(lm.model, captured[0], image_inputs)
-    cache = out.past_key_values
+    cache = output_cache(out)
     is_img = inputs["input_ids"] == lm.image_token_id  # [B, T]
     result = []
     for b in range(is_img.shape[0]):
@@ -187,7 +188,7 @@ def text_states(lm: LoadedModel, texts: Sequence[str]) -> dict[str, np.ndarray]:
     with _no_grad_eval(lm.model):
         out = lm.model(**enc, use_cache=True, output_hidden_states=True, logits_to_keep=1)
     rows = torch.arange(len(last), device=last.device)
-    res = {name: torch.stack([getattr(layer, name)[rows, :, last].flatten(1) for layer in out.past_key_values.layers], 1)
+    res = {name: torch.stack([getattr(layer, name)[rows, :, last].flatten(1) for layer in output_cache(out).layers], 1)
            for name in ("keys", "values")}
     res["hidden"] = torch.stack([h[rows, last] for h in out.hidden_states], 1)
     return {k: v.float().cpu().numpy() for k, v in res.items()}
