@@ -32,13 +32,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from probekit.build import build_tiny  # noqa: E402
+from probekit.models.build import build_tiny  # noqa: E402
 from probekit.data import get_dataset  # noqa: E402
 from probekit.models import load_model  # noqa: E402
 from probekit.prompts import Variant, paper_a_variants  # noqa: E402
 from probekit.store import ActivationStore  # noqa: E402
 
-ex = importlib.import_module("probekit.extract")
+ex = importlib.import_module("probekit.extract.hidden")
 transformers.utils.logging.disable_progress_bar()
 
 

@@ -12,7 +12,7 @@ Paths (all :func:`probekit.extract.extract`, same images, variants and batch siz
 - ``batched``: the same with all variants' suffixes in one pass, the prefix cache repeated per row
   (``batch_variants=True``, meant for accelerators).
 
-Both models carry the LLaVA-1.5 stand-in's text side (:func:`probekit.standins.llava15_standin`: a Llama-2-like
+Both models carry the LLaVA-1.5 stand-in's text side (:func:`probekit.models.standins.llava15_standin`: a Llama-2-like
 SentencePiece tokenizer, LLaVA-1.5's chat template, a 336-px CLIP image processor: 576 image tokens), so the
 answers "1"/"0" are two-token sequences, as under the real tokenizer. The large model (CLIP ViT-L/14-336-shaped
 tower, Llama decoder of ``--hidden`` x ``--layers``) is built in memory with random weights on the device in
@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     from probekit.data import get_dataset
     from probekit.models import load_model, resolve_device, resolve_dtype
     from probekit.prompts import paper_a_variants
-    from probekit.standins import llava15_standin
+    from probekit.models.standins import llava15_standin
 
     device = resolve_device(a.device)
     dtype = resolve_dtype(a.dtype, device)

@@ -33,7 +33,7 @@ TEXT_LAYERS = 3
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """One saved tiny random-weight model per supported class (built offline once per session)."""
-    from probekit.build import build_tiny
+    from probekit.models.build import build_tiny
 
     root = tmp_path_factory.mktemp("tiny")
     return {f: build_tiny(f, root / f, seed=0, text_layers=TEXT_LAYERS) for f in FAMILIES}

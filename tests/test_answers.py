@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import FAMILIES
-from probekit.build import train_tokenizer
+from probekit.models.build import train_tokenizer
 from probekit.errors import PromptError
 from probekit.prompts import AnswerForms, Variant, answer_forms, answer_token_sequences, paper_a_variants
 
-ex = importlib.import_module("probekit.extract")
+ex = importlib.import_module("probekit.extract.hidden")
 ATOL = 1e-4
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from probekit.book import CHAPTERS, build_book, status_page
+from probekit.book.build import CHAPTERS, build_book, status_page
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "papers.md"

@@ -1,4 +1,4 @@
-"""probekit.build: tiny random multimodal LLMs of the real transformers classes, built offline."""
+"""probekit.models.build: tiny random multimodal LLMs of the real transformers classes, built offline."""
 
 import json
 
@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoProcessor
 
-from probekit.build import (
+from probekit.models.build import (
     CORPUS,
     FAMILIES,
     IMAGE_TOKEN,

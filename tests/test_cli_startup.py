@@ -82,7 +82,7 @@ def test_public_names_resolve_lazily_to_the_real_objects():
         import importlib, json, sys
         import probekit
         before = "torch" in sys.modules
-        ex = importlib.import_module("probekit.extract")  # the submodule first: the public name stays the function
+        ex = importlib.import_module("probekit.extract")  # the subpackage first: the public name stays the function
         from probekit import extract, load_model
         same = {name: getattr(probekit, name) is getattr(importlib.import_module(f"probekit.{mod}"), name)
                 for name, mod in probekit._LAZY.items()}

@@ -13,8 +13,8 @@ import torch
 
 from conftest import FAMILIES
 from probekit.compat import cache_kwargs, output_cache
-from probekit.extract import template
-from probekit.kv import image_states, text_states
+from probekit.prompts import template
+from probekit.extract.kv import image_states, text_states
 
 
 @contextlib.contextmanager

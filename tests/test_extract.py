@@ -11,7 +11,7 @@ from probekit.errors import StoreError
 from probekit.prompts import paper_a_variants
 from probekit.store import ActivationStore
 
-ex = importlib.import_module("probekit.extract")  # the module (the package exports the function)
+ex = importlib.import_module("probekit.extract.hidden")  # the module (the package probekit.extract exports the function)
 
 
 class Crash(Exception):

@@ -13,7 +13,7 @@ from conftest import FAMILIES
 from probekit.prompts import paper_a_variants
 from probekit.store import ActivationStore
 
-ex = importlib.import_module("probekit.extract")  # the module; the attribute probekit.extract is the function
+ex = importlib.import_module("probekit.extract.hidden")  # the module (the attribute probekit.extract is the function)
 
 ATOL = 1e-4  # fp32
 

@@ -4,8 +4,8 @@ import torch
 
 from conftest import FAMILIES, TEXT_LAYERS
 from probekit.errors import ProbekitError
-from probekit.extract import template
-from probekit.kv import image_kv
+from probekit.prompts import template
+from probekit.extract.kv import image_kv
 from probekit.prompts import messages_for
 
 
@@ -62,7 +62,7 @@ def projector_of(lm, vision: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_image_states_shapes_causality_and_alignment(family, tiny_models, fashion):
-    from probekit.kv import image_states, token_grid
+    from probekit.extract.kv import image_states, token_grid
 
     lm = tiny_models[family]
     tc = lm.text_config
@@ -92,7 +92,7 @@ def test_image_states_shapes_causality_and_alignment(family, tiny_models, fashio
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_blocked_attention_changes_only_what_comes_after(family, tiny_models, fashion):
-    from probekit.kv import image_states
+    from probekit.extract.kv import image_states
 
     lm = tiny_models[family]
     p = template(lm, PROMPTS[0])
@@ -113,7 +113,7 @@ def test_blocked_attention_changes_only_what_comes_after(family, tiny_models, fa
 
 def test_blocking_is_the_same_with_eager_attention_and_refuses_bad_input(tiny_dirs, fashion):
     from probekit.errors import ProbekitError
-    from probekit.kv import image_states
+    from probekit.extract.kv import image_states
     from probekit.models import load_model
 
     lm = load_model(str(tiny_dirs["llava"]), dtype="float32", device="cpu")
@@ -133,7 +133,7 @@ def test_blocking_is_the_same_with_eager_attention_and_refuses_bad_input(tiny_di
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_text_states_read_each_texts_last_token(family, tiny_models):
-    from probekit.kv import text_states
+    from probekit.extract.kv import text_states
 
     lm = tiny_models[family]
     both = text_states(lm, ["a bag", "an ankle boot"])
@@ -147,7 +147,7 @@ def test_text_states_read_each_texts_last_token(family, tiny_models):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_extract_image_tokens_store_round_trip_cache_and_resume(family, tiny_models, fashion, tmp_path):
-    from probekit.kv import extract_image_tokens, image_states
+    from probekit.extract.kv import extract_image_tokens, image_states
     from probekit.store import ActivationStore
 
     lm = tiny_models[family]
@@ -181,7 +181,7 @@ def test_extract_image_tokens_refuses_mixing_and_mixed_sizes(tiny_models, fashio
     from PIL import Image
 
     from probekit.errors import DataError, StoreError
-    from probekit.kv import extract_image_tokens
+    from probekit.extract.kv import extract_image_tokens
 
     lm = tiny_models["llava"]
     imgs = [fashion[i][0] for i in range(3)]

@@ -6,7 +6,8 @@ import torch
 
 from conftest import ARCHITECTURES, FAMILIES, TEXT_LAYERS
 from probekit.errors import ModelLoadError
-from probekit.extract import forward_batch, template
+from probekit.extract import forward_batch
+from probekit.prompts import template
 from probekit.models import SUPPORTED, load_model
 from probekit.prompts import paper_a_variants
 

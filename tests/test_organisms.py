@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from probekit.build import MODEL_CLASSES
+from probekit.models.build import MODEL_CLASSES
 from probekit.organisms import ORGANISMS, SHIPPED_DIR, organism_path, train_organism
 from probekit.organisms.evaluate import evaluate
 from probekit.organisms.recipe import Chat, encode

@@ -2,7 +2,7 @@
 hub's tokenizer.json format, the real chat template and CLIP-336 processor), Qwen2-VL and Qwen2.5-VL (their real
 tokenizer, chat template and processor files from tests/fixtures/real-text-side) and llava-hf/llama3-llava-next-8b-hf
 (Llama-3-shaped byte-level BPE, its chat template, any-res processor), each on tiny random weights of the real class
-(probekit.standins). Templated prompts, image-token counts, tokenizer facts, the answer sequences of every
+(probekit.models.standins). Templated prompts, image-token counts, tokenizer facts, the answer sequences of every
 paper-A and chapter-03 variant, extraction and probing through the CLI, and chapters 02 and 03 through papermill."""
 
 import importlib
@@ -20,10 +20,10 @@ import torch
 from probekit.chapters import decision_variants
 from probekit.models import load_model
 from probekit.prompts import paper_a_variants
-from probekit.standins import LLAMA3_SPECIALS, QWEN_IDS, llama3_llava_next_standin, llava15_standin, qwen2vl_standin
+from probekit.models.standins import LLAMA3_SPECIALS, QWEN_IDS, llama3_llava_next_standin, llava15_standin, qwen2vl_standin
 from probekit.store import ActivationStore
 
-ex = importlib.import_module("probekit.extract")
+ex = importlib.import_module("probekit.extract.hidden")
 ROOT = Path(__file__).resolve().parents[1]
 FILES = Path(__file__).with_name("fixtures") / "real-text-side"
 STANDINS = ("llava15", "qwen2_vl", "qwen2_5_vl", "llama3_llava_next")

@@ -1,10 +1,10 @@
-"""The four-stage segmentation on synthetic accuracy curves (probekit.stages)."""
+"""The four-stage segmentation on synthetic accuracy curves (probekit.papers.a_stages.stages)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from probekit.stages import PRE_STAGE, STAGES, StageParams, normalized_depth, segment, segment_results
+from probekit.papers.a_stages.stages import PRE_STAGE, STAGES, StageParams, normalized_depth, segment, segment_results
 
 CHANCE = 0.1
 

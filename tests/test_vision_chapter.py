@@ -11,7 +11,7 @@ from notebook_tools import RECORD, assert_nbval, outputs, run_papermill
 
 from probekit import vision_chapter as vc
 from probekit.errors import ProbekitError
-from probekit.vision_tasks import TASKS
+from probekit.papers.c_layer_selection.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "06_visual_layer_selection.ipynb"
@@ -20,7 +20,7 @@ NOTEBOOK = ROOT / "notebooks" / "06_visual_layer_selection.ipynb"
 @pytest.fixture(scope="module")
 def tiny4(tmp_path_factory):
     """A tiny llava whose vision tower has 4 blocks (enough for shallow / middle / deep)."""
-    from probekit.build import build_tiny
+    from probekit.models.build import build_tiny
 
     return build_tiny("llava", tmp_path_factory.mktemp("tiny4") / "llava", seed=0, text_layers=2, vision_layers=4)
 

@@ -65,7 +65,7 @@ from PIL import Image  # noqa: E402
 
 from probekit.vision_layers import (extract_vision_features, grid_pool, patch_positions, probe_layers,  # noqa: E402
                                     representative_layers)
-from probekit.vision_tasks import cell_boxes  # noqa: E402
+from probekit.papers.c_layer_selection.tasks import cell_boxes  # noqa: E402
 
 
 def changed_tokens_match_cells(lm, size, grid):
@@ -99,7 +99,7 @@ def test_patch_positions_match_the_image(family, tiny_models):
 def test_qwen2_5_window_order_is_undone(tmp_path):
     """At 112 px Qwen2.5-VL's tower splits the patches into 4 attention windows and permutes them; the
     adapter's states must come back in the processor's order, or the spatial grid would be scrambled."""
-    from probekit.build import build_tiny
+    from probekit.models.build import build_tiny
     from probekit.models import load_model
     from probekit.models.qwen2_vl import Qwen2VLAdapter
 

@@ -5,7 +5,7 @@ import pytest
 
 from probekit.errors import ProbekitError
 from probekit.organisms.tasks import digits_split
-from probekit.vision_tasks import (TASKS, build_tasks, cell_boxes, count_task, item_side, model_image_size,
+from probekit.papers.c_layer_selection.tasks import (TASKS, build_tasks, cell_boxes, count_task, item_side, model_image_size,
                                    position_task, reading_task)
 
 

@@ -24,7 +24,7 @@ from .errors import DataError, ModelLoadError, ProbekitError, PromptError, Store
 # in torch/transformers (seconds), and ``probekit --help`` or ``from probekit.errors import ...`` needs none.
 _LAZY = {
     "ImageDataset": "data", "get_dataset": "data",
-    "extract": "extract", "template": "extract",
+    "extract": "extract", "template": "prompts",
     "SUPPORTED": "models", "LoadedModel": "models", "load_model": "models",
     "LayerProbes": "probes", "bootstrap_ci": "probes", "probe_store": "probes",
     "Variant": "prompts", "load_variants": "prompts", "paper_a_variants": "prompts",
@@ -46,9 +46,9 @@ def __dir__() -> list[str]:
 
 class _Package(types.ModuleType):
     """``probekit.extract`` is the function, as it was when this module imported it eagerly -- but the import
-    system sets ``probekit.extract = <submodule>`` whenever the submodule ``probekit.extract`` is first
+    system sets ``probekit.extract = <subpackage>`` whenever the subpackage ``probekit.extract`` is first
     imported (by any code). Bind the function of the same name instead, so the public name never turns
-    into the module (the module stays reachable as ``sys.modules["probekit.extract"]``)."""
+    into the module (the package stays reachable as ``sys.modules["probekit.extract"]``)."""
 
     def __setattr__(self, name: str, value) -> None:
         if _LAZY.get(name) == name and isinstance(value, types.ModuleType):

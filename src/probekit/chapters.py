@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from .data import ImageDataset, get_dataset
-from .extract import READOUT, extract, template
+from .extract import READOUT, extract
 from .models import LoadedModel, load_model
 from .probes import LayerProbes, bootstrap_ci, probe_store, split_items
-from .prompts import Variant, decision_variants, load_variants
-from .stages import STAGES, Segmentation, StageParams, normalized_depth, segment_results
+from .prompts import Variant, decision_variants, load_variants, template
+from .papers.a_stages.stages import STAGES, Segmentation, StageParams, normalized_depth, segment_results
 from .store import ActivationStore
 
 DEFAULT_CACHE = Path(".cache") / "probekit"
@@ -71,7 +71,7 @@ RECORD_MIME = "application/vnd.probekit.record+json"
 def record(name: str, payload: dict) -> None:
     """Leave a machine-readable result in the executed notebook (a display output of type
     ``application/vnd.probekit.record+json``; the cell is tagged ``remove-cell``, so the page does not show
-    it). ``probekit.book`` collects the records for the reproduction-status page."""
+    it). ``probekit.book.build`` collects the records for the reproduction-status page."""
     from IPython.display import display
 
     display({RECORD_MIME: {"name": name, **json.loads(json.dumps(payload, default=_jsonable))}}, raw=True)
@@ -118,9 +118,9 @@ def comparison_record(comp: "Comparison", runs: dict) -> dict:
 
 
 def parameters_table(params: dict) -> pd.DataFrame:
-    """Check the parameters a chapter runs with (:func:`probekit.params.check_params`: one clear error for a
+    """Check the parameters a chapter runs with (:func:`probekit.book.params.check_params`: one clear error for a
     mistyped value, before any work) and show them as a two-column table."""
-    from .params import check_params
+    from .book.params import check_params
 
     check_params(params)
     return pd.DataFrame({"parameter": list(params), "value": [repr(v) for v in params.values()]}).set_index("parameter")

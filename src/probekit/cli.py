@@ -123,7 +123,7 @@ def _book(a) -> int:
 
     import yaml
 
-    from .book import build_book
+    from .book.build import build_book
 
     t = time.perf_counter()
     params = {k: yaml.safe_load(v) for k, v in a.parameter}

@@ -281,7 +281,7 @@ def explorer_chart(table: pd.DataFrame, *, cap: str, layers: Sequence[int], fami
     the layer (slider); click a class bar to highlight its row of the confusion matrix.
 
     ``table``: one row per (family, layer, true, pred) with ``count`` (see
-    :func:`probekit.widgets.confusion_table`).
+    :func:`probekit.book.widgets.confusion_table`).
     """
     fam = alt.param(name="family", value=family, bind=alt.binding_select(options=list(families),
                                                                           name="variant family "))

@@ -213,6 +213,35 @@ def messages_for(text: str, *, prefix: str | None = None) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+# ---- templating ---------------------------------------------------------------------------------------
+
+def template(lm, text: str, *, prefix: str | None = None) -> str:
+    """The prompt exactly as the model sees it (before image-token expansion).
+
+    ``prefix``: text placed *before* the image (paper B). It goes first in the user turn; chat templates that
+    write a turn's images before its text (LLaVA-1.5's) get it as a system message instead, which they
+    render before the user turn. Either way the prefix precedes the image, or a PromptError says why not.
+    """
+    placeholder = lm.adapter.image_placeholder(lm.processor)
+    tries = [messages_for(text, prefix=prefix)]
+    if prefix:
+        tries.append([{"role": "system", "content": [{"type": "text", "text": prefix}]}, *messages_for(text)])
+    for messages in tries:
+        try:
+            out = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # jinja errors surface here
+            raise PromptError(f"the chat template of {lm.model_id!r} failed on {text!r}: {e}") from None
+        if out.count(placeholder) != 1:
+            raise PromptError(
+                f"the chat template of {lm.model_id!r} wrote the image placeholder {placeholder!r} "
+                f"{out.count(placeholder)} times instead of once; fix the processor's chat template"
+            )
+        if not prefix or -1 < out.find(prefix) < out.index(placeholder):
+            return out
+    raise PromptError(f"the chat template of {lm.model_id!r} does not put the text prefix {prefix!r} before the image")
+
+
+
 # ---- answers as token sequences --------------------------------------------------------------------------
 
 def surface_forms(answer: str) -> list[str]:

@@ -19,7 +19,7 @@ Format (``probekit-store/2``), one directory::
 A store may instead hold **named arrays** (``quantities`` given to :meth:`ActivationStore.create`; no prompt
 variants): the manifest lists each quantity's per-item shape, each shard holds ``<name>`` ``[n, *shape]``
 for images [start, stop), and :meth:`ActivationStore.array` reads them back. Paper B's image key / value tokens
-(:func:`probekit.kv.extract_image_tokens`) are stored this way; cache key, atomic shards, resume and the
+(:func:`probekit.extract.kv.extract_image_tokens`) are stored this way; cache key, atomic shards, resume and the
 never-mixed rule are the same.
 
 Writes are atomic (temporary file + ``os.replace``), so a shard file either exists whole or not at all; a

@@ -6,7 +6,7 @@
     vc.lrs_chart(vr); vc.task_chart(vr, results) # altair
     vc.record_payload(vr, results)               # what the reproduction-status page needs
 
-:func:`run` loads the model, builds the four tasks at the model's image size (:mod:`probekit.vision_tasks`),
+:func:`run` loads the model, builds the four tasks at the model's image size (:mod:`probekit.papers.c_layer_selection.tasks`),
 runs the vision tower once over every image (:func:`probekit.vision_layers.extract_vision_features`;
 cached under ``cache_dir/vision_layers``: a second run with the same model, tasks and seed re-uses the
 features), computes LRS over all task images and cuts layers 1..V into shallow / middle / deep.
@@ -30,7 +30,7 @@ from .errors import ProbekitError
 from .models import LoadedModel, load_model
 from .vision_layers import (VisionFeatures, extract_vision_features, group_layers, group_names, layer_group,
                             paired_difference, probe_layers, representative_layers)
-from .vision_tasks import TASK_TITLES, TASKS, VisionTask, build_tasks, model_image_size
+from .papers.c_layer_selection.tasks import TASK_TITLES, TASKS, VisionTask, build_tasks, model_image_size
 
 FEATURE_VERSION = 1  # bump when the features' definition changes (part of the cache key)
 GROUP_COLORS = {"embeddings": "#bbbbbb", "shallow": "#4c78a8", "middle": "#54a24b", "deep": "#b279a2"}

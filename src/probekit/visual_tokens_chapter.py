@@ -8,16 +8,16 @@
 
 :func:`run` loads the model, takes Fashion-MNIST **test** images at the model's image size (the organisms
 never trained on them), derives each image token's foreground mask from the clean black background
-(:func:`probekit.visual_tokens.foreground_masks`), and extracts the image tokens' keys, values, hidden states
-and vision-encoder / projector counterparts (:func:`probekit.kv.extract_image_tokens`, each set of images in its
+(:func:`probekit.papers.b_visual_tokens.analysis.foreground_masks`), and extracts the image tokens' keys, values, hidden states
+and vision-encoder / projector counterparts (:func:`probekit.extract.kv.extract_image_tokens`, each set of images in its
 own :class:`~probekit.store.ActivationStore` under ``cache_dir/visual_tokens``; a second run re-uses them) for
 three views of every image — as is, mirrored left-right, shifted right by whole tokens — under three
 conditions:
 
 - ``plain``: the image first in the user turn, the question after it;
-- ``prefix``: a short text before the image (:func:`probekit.extract.template`'s ``prefix``);
+- ``prefix``: a short text before the image (:func:`probekit.prompts.template`'s ``prefix``);
 - ``blocked``: as ``plain``, with attention to the input-agnostic late-layer keys blocked
-  (:func:`probekit.kv.blocked_attention`); when the rule finds none, the lowest-variance late-layer keys stand
+  (:func:`probekit.extract.kv.blocked_attention`); when the rule finds none, the lowest-variance late-layer keys stand
   in, labelled as such.
 
 :func:`measure` scores few-shot foreground segmentation, correspondence under the flip and the shift, and
@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import visual_tokens as vt
+from .papers.b_visual_tokens import analysis as vt
 from .errors import ProbekitError, StoreError
-from .kv import KV_VERSION, extract_image_tokens, image_states, text_states, token_grid
+from .extract.kv import KV_VERSION, extract_image_tokens, image_states, text_states, token_grid
 from .models import LoadedModel
 from .store import ActivationStore
 from .vision_chapter import _quiet_load, _slug
-from .vision_tasks import VisionTask, class_task, model_image_size
+from .papers.c_layer_selection.tasks import VisionTask, class_task, model_image_size
 
 RECORD_NAME = "visual_tokens"
 VIEWS = ("original", "flip", "shift")
@@ -239,7 +239,7 @@ def run(model_id: str, dataset: str = "fashion-mnist", data_root: str | None = N
 
 def causality_check(lm: LoadedModel, task: VisionTask, prompt: str, n: int = 8) -> dict:
     """Largest difference of the image keys / values between two prompts that differ only after the image."""
-    from .extract import template
+    from .prompts import template
 
     imgs = [task.pil(i) for i in range(min(n, len(task)))]
     a = image_states(lm, [template(lm, prompt)] * len(imgs), imgs)

@@ -309,7 +309,7 @@ def _evaluate_saved(out_dir: Path, recipe: Recipe, report: dict, log) -> dict:
     kept in ``report['dev']``) and the test half (returned: what the card reports)."""
     from transformers import AutoProcessor
 
-    from ..build import MODEL_CLASSES
+    from ..models.build import MODEL_CLASSES
     from .evaluate import evaluate
 
     t = time.perf_counter()

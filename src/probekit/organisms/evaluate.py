@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..extract import answer_plan, forward_shared, shared_prefix, template
+from ..extract import answer_plan, forward_shared, shared_prefix
 from ..models import LoadedModel, wrap
-from ..prompts import Variant, probe_prompts, unseen_paraphrases
+from ..prompts import Variant, probe_prompts, template, unseen_paraphrases
 from .tasks import CLASS_NAMES, CONCEPTS, NAMING_PROBE, image_pools
 
 KEYS = {"fashion": "fashion-mnist", "digits": "digits"}

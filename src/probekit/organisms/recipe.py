@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import build
+from ..models import build
 from ..prompts import messages_for
 from . import corpus as corpus_mod
 from .spec import Recipe  # defined without torch in spec.py (for the registry); still importable from here

@@ -14,7 +14,7 @@ import html
 import numpy as np
 import pandas as pd
 
-from .probes import LayerProbes, split_items
+from ..probes import LayerProbes, split_items
 
 
 def confusion_table(store, probes: LayerProbes, *, test_size: float = 0.3, seed: int = 0) -> pd.DataFrame:
@@ -93,7 +93,7 @@ class Explorer:
 
     def static(self, family: str = "anchor", layer: int | None = None):
         """The explorer as an altair chart (dropdown: family; slider: layer; click a class)."""
-        from .plots import explorer_chart
+        from ..plots import explorer_chart
 
         layer = self.best_layer(family) if layer is None else layer
         return explorer_chart(self.table, cap=self.cap, layers=self.layers, families=self.families,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .errors import ProbekitError
+from ..errors import ProbekitError
 
 _SPEC = {
     # name: (accepted types, description)
@@ -28,9 +28,9 @@ _SPEC = {
 
 def check_params(params: Mapping) -> dict:
     """Validate notebook parameters; returns them unchanged when all are usable."""
-    from .data import DATASETS
-    from .models import DTYPES
-    from .prompts import load_variants
+    from ..data import DATASETS
+    from ..models import DTYPES
+    from ..prompts import load_variants
 
     p = dict(params)
     for name, value in p.items():

@@ -1,7 +1,7 @@
 """Image tasks with exact ground truth, built from real images at the model's image size (paper C's task
 types in miniature: fine-grained class, counting, position, reading).
 
-    from probekit.vision_tasks import build_tasks, model_image_size
+    from probekit.papers.c_layer_selection.tasks import build_tasks, model_image_size
     size = model_image_size(lm.processor)            # 28 for the organisms
     tasks = build_tasks(size, n_per_class=100, seed=0)
     tasks["count"].labels, tasks["count"].cells      # exact: k objects, the cells they occupy
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .data import DIGIT_CLASSES, FASHION_MNIST_CLASSES, load_digits_arrays, load_fashion_mnist_arrays
-from .errors import ProbekitError
+from ...data import DIGIT_CLASSES, FASHION_MNIST_CLASSES, load_digits_arrays, load_fashion_mnist_arrays
+from ...errors import ProbekitError
 
 TASKS = ("class", "count", "position", "reading")
 TASK_TITLES = {"class": "fine-grained class", "count": "counting", "position": "position", "reading": "reading (digits)"}
@@ -226,7 +226,7 @@ def position_task(size: int, n_per_class: int = 100, seed: int = 0, *, grid: int
 
 def reading_task(size: int, n_per_class: int | None = 100, seed: int = 0) -> VisionTask:
     """Held-out handwritten digits (never trained on by the organisms) upscaled to ``size``; label = digit."""
-    from .organisms.tasks import digits_split
+    from ...organisms.tasks import digits_split
 
     dx, dy = load_digits_arrays()
     _, held = digits_split()

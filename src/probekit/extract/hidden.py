@@ -31,71 +31,26 @@ rounding (tested per class to 1e-4 in fp32).
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import ImageDataset
-from .errors import ProbekitError, PromptError
-from .models import LoadedModel
-from .compat import cache_kwargs, output_cache
-from .prompts import AnswerForms, Variant, answer_forms, check_position, messages_for
-from .store import ActivationStore
-
-
-def template(lm: LoadedModel, text: str, *, prefix: str | None = None) -> str:
-    """The prompt exactly as the model sees it (before image-token expansion).
-
-    ``prefix``: text placed *before* the image (paper B). It goes first in the user turn; chat templates that
-    write a turn's images before its text (LLaVA-1.5's) get it as a system message instead, which they
-    render before the user turn. Either way the prefix precedes the image, or a PromptError says why not.
-    """
-    placeholder = lm.adapter.image_placeholder(lm.processor)
-    tries = [messages_for(text, prefix=prefix)]
-    if prefix:
-        tries.append([{"role": "system", "content": [{"type": "text", "text": prefix}]}, *messages_for(text)])
-    for messages in tries:
-        try:
-            out = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as e:  # jinja errors surface here
-            raise PromptError(f"the chat template of {lm.model_id!r} failed on {text!r}: {e}") from None
-        if out.count(placeholder) != 1:
-            raise PromptError(
-                f"the chat template of {lm.model_id!r} wrote the image placeholder {placeholder!r} "
-                f"{out.count(placeholder)} times instead of once; fix the processor's chat template"
-            )
-        if not prefix or -1 < out.find(prefix) < out.index(placeholder):
-            return out
-    raise PromptError(f"the chat template of {lm.model_id!r} does not put the text prefix {prefix!r} before the image")
+from ..data import ImageDataset
+from ..errors import ProbekitError, PromptError
+from ..models import LoadedModel
+from ..compat import cache_kwargs, output_cache
+from ..prompts import AnswerForms, Variant, answer_forms, check_position, template
+from ..store import ActivationStore
+from .runtime import collate, no_grad_eval, to_device
 
 
 def answer_plan(lm: LoadedModel, prompts: dict[str, str], variants: Sequence[Variant]) -> dict[str, AnswerForms]:
     """Per variant: its answers as token sequences after its templated prompt (:func:`probekit.prompts.answer_forms`)."""
     return {v.name: answer_forms(lm.tokenizer, prompts[v.name], v) for v in variants}
-
-
-@contextlib.contextmanager
-def _no_grad_eval(model):
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _to_device(lm: LoadedModel, inputs) -> dict[str, torch.Tensor]:
-    inputs = {k: v.to(lm.device) for k, v in inputs.items()}
-    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-        inputs["pixel_values"] = inputs["pixel_values"].to(lm.dtype)
-    return inputs
 
 
 READOUT = "answer-sequences/1"  # in the cache key: how the answer columns of a store were computed
@@ -182,8 +137,8 @@ def forward_batch(lm: LoadedModel, prompts: Sequence[str], images: Sequence, *, 
     inputs = lm.processor(text=[prompts[b] for b, _ in rows], images=[images[b] for b, _ in rows], padding=True,
                           padding_side="right", return_tensors="pt")
     inputs, last = _append(inputs, [e for _, e in rows], _pad_id(lm))
-    inputs = _to_device(lm, inputs)
-    with _no_grad_eval(lm.model):
+    inputs = to_device(lm, inputs)
+    with no_grad_eval(lm.model):
         out = lm.model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
     index = [[i for i, (b, _) in enumerate(rows) if b == k] for k in range(len(prompts))]
     first = torch.tensor([ix[0] for ix in index])
@@ -218,18 +173,6 @@ def shared_prefix(lm: LoadedModel, prompts: dict[str, str], image) -> SharedPref
     if not img or img[-1] >= p:
         return None
     return SharedPrefix(dict(prompts), {v: tuple(x[p:]) for v, x in zip(names, ids)})
-
-
-def _collate(encs: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """Concatenate per-image processor outputs along dim 0, zero-padding trailing dims to the largest
-    (llava-next's patch axis, as its processor does; the model reads ``image_sizes`` to skip the padding)."""
-    out = {}
-    for k in encs[0]:
-        ts = [e[k] for e in encs]
-        shape = [max(t.shape[d] for t in ts) for d in range(1, ts[0].dim())]
-        pads = [F.pad(t, [x for d in reversed(range(1, t.dim())) for x in (0, shape[d - 1] - t.shape[d])]) for t in ts]
-        out[k] = torch.cat(pads)
-    return out
 
 
 def _rewind(cache, length: int) -> None:
@@ -293,10 +236,10 @@ def forward_shared(lm: LoadedModel, images: Sequence, plan: SharedPrefix, *, pos
     for i, e in enumerate(encs):
         groups[e["input_ids"].shape[1]].append(i)
     res = {k: [None] * len(images) for k in ("hidden", "first_token", "logprob")}
-    with _no_grad_eval(lm.model):
+    with no_grad_eval(lm.model):
         for length, idx in groups.items():
             g = len(idx)
-            inputs = _to_device(lm, _collate([encs[i] for i in idx]))
+            inputs = to_device(lm, collate([encs[i] for i in idx]))
             pre = lm.model(**inputs, use_cache=True, output_hidden_states=position == "image_mean", logits_to_keep=1)
             cache = output_cache(pre)
             mean = _image_mean(lm, inputs["input_ids"], pre.hidden_states) if position == "image_mean" else None

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ProbekitError
+from ...errors import ProbekitError
 
 INK = 16
 MIN_FRACTION = 0.5

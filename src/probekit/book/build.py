@@ -1,7 +1,7 @@
 """Build the book: papermill runs every chapter notebook on the embedded default, jupyter-book renders the
 executed notebooks as they are (execution off).
 
-    from probekit.book import build_book
+    from probekit.book.build.build import build_book
     build_book()                                   # book/_build/html, every chapter on the default model
     build_book(model_id="/models/my-llava", model_ids="a,b", n_per_class=20)   # other models / sizes
 
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .errors import ProbekitError
+from ..errors import ProbekitError
 
 CHAPTERS = ("01_setup", "02_four_stages", "03_decision_vs_format", "04_architecture_comparison", "05_visual_tokens",
             "06_visual_layer_selection")
@@ -219,8 +219,8 @@ def status_page(records: Mapping) -> str:
         f"`{dec['model']}`" if dec else "—")
     row("Probe accuracy values, image counts, probe regularization", "**unknown** (not in the reference)",
         "see chapter 2" if st else na, f"`{st['model']}`" if st else "—")
-    from .vision_chapter import RECORD_NAME as _VL, status_rows as _vl_rows
-    from .visual_tokens_chapter import RECORD_NAME as _VT, status_rows as _vt_rows
+    from ..vision_chapter import RECORD_NAME as _VL, status_rows as _vl_rows
+    from ..visual_tokens_chapter import RECORD_NAME as _VT, status_rows as _vt_rows
 
     lines += _vt_rows(records.get(_VT))  # paper B (chapter 5), rows marked (B), same table
     lines += _vl_rows(records.get(_VL))  # paper C (chapter 6), rows marked (C), same table

@@ -37,11 +37,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .compat import output_cache
-from .errors import DataError, ProbekitError, StoreError
-from .extract import _no_grad_eval, _to_device, template
-from .models import LoadedModel
-from .store import ActivationStore, key_sha256
+from ..compat import output_cache
+from ..errors import DataError, ProbekitError, StoreError
+from ..prompts import template
+from .runtime import no_grad_eval, to_device
+from ..models import LoadedModel
+from ..store import ActivationStore, key_sha256
 
 KV_VERSION = 1  # bump when what extract_image_tokens stores changes (part of the cache key)
 QUANTITIES = ("keys", "values", "hidden", "vision")
@@ -125,12 +126,12 @@ def image_states(lm: LoadedModel, prompts: Sequence[str], images: Sequence, *,
     (1..L) -> image-token indices that later tokens may not attend to at that layer (:func:`block_masks`)."""
     inputs = lm.processor(text=list(prompts), images=list(images), padding=True, padding_side="right",
                           return_tensors="pt")
-    inputs = _to_device(lm, inputs)
+    inputs = to_device(lm, inputs)
     captured = []
     handle = lm.adapter.projector(lm.model).register_forward_hook(lambda m, a, o: captured.append(a[0].detach()))
     allowed = block_masks(inputs["input_ids"], lm.image_token_id, block) if block else {}
     try:
-        with _no_grad_eval(lm.model), blocked_attention(lm, allowed):
+        with no_grad_eval(lm.model), blocked_attention(lm, allowed):
             out = lm.model(**inputs, use_cache=True, output_hidden_states=True, logits_to_keep=1)
     finally:
         handle.remove()
@@ -185,7 +186,7 @@ def text_states(lm: LoadedModel, texts: Sequence[str]) -> dict[str, np.ndarray]:
     enc = {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
     mask = enc["attention_mask"]
     last = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)
-    with _no_grad_eval(lm.model):
+    with no_grad_eval(lm.model):
         out = lm.model(**enc, use_cache=True, output_hidden_states=True, logits_to_keep=1)
     rows = torch.arange(len(last), device=last.device)
     res = {name: torch.stack([getattr(layer, name)[rows, :, last].flatten(1) for layer in output_cache(out).layers], 1)

@@ -1,0 +1,1 @@
+"""c_layer_selection."""
