@@ -26,7 +26,7 @@ _LAZY = {
     "ImageDataset": "data", "get_dataset": "data",
     "extract": "extract", "template": "prompts",
     "SUPPORTED": "models", "LoadedModel": "models", "load_model": "models",
-    "LayerProbes": "probes", "bootstrap_ci": "probes", "probe_store": "probes",
+    "LayerProbes": "probes", "bootstrap_ci": "stats", "probe_store": "probes",
     "Variant": "prompts", "load_variants": "prompts", "paper_a_variants": "prompts",
     "ActivationStore": "store",
 }

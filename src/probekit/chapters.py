@@ -9,7 +9,6 @@ and calls into these functions).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -18,19 +17,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .book.context import ChapterRun, load, model_list, parameters_table, record, slug  # noqa: F401 (re-exported for the notebooks)
 from .data import ImageDataset, get_dataset
 from .extract import READOUT, extract
 from .models import LoadedModel, load_model
-from .probes import LayerProbes, bootstrap_ci, probe_store, split_items
+from .probes import LayerProbes, probe_store, split_items
+from .stats import bootstrap_ci
 from .prompts import Variant, decision_variants, load_variants, template
 from .papers.a_stages.stages import STAGES, Segmentation, StageParams, normalized_depth, segment_results
-from .store import ActivationStore
+from .store import ActivationStore, key_sha256
 
 DEFAULT_CACHE = Path(".cache") / "probekit"
 
 
 @dataclass
-class Run:
+class Run(ChapterRun):
     """One model x dataset x variant set, extracted: everything a chapter needs."""
 
     model_id: str
@@ -52,41 +53,11 @@ class Run:
         name = re.sub(r"\[[^\]]*\]", "", self.data.name)  # drop the subsample suffix [n_per_class=..,seed=..]
         return f"{name} ({per}, {len(self.data.classes)} classes)"
 
-    def caption(self, extra: str | None = None, n: int | str | None = None) -> str:
-        from .plots import caption
-
-        return caption(model=self.model_id, data=self.data_label, n=n if n is not None else f"{self.n_images} images",
-                       seed=self.seed, extra=extra)
-
     def prompts(self) -> pd.DataFrame:
         """Every variant's prompt exactly as the model sees it (chat template applied, before image expansion)."""
         return pd.DataFrame([{"variant": v.name, "family": v.family, "answers": " / ".join(v.answers),
                               "expected": v.expected, "templated prompt": template(self.lm, v.text)}
                              for v in self.variants])
-
-
-RECORD_MIME = "application/vnd.probekit.record+json"
-
-
-def record(name: str, payload: dict) -> None:
-    """Leave a machine-readable result in the executed notebook (a display output of type
-    ``application/vnd.probekit.record+json``; the cell is tagged ``remove-cell``, so the page does not show
-    it). ``probekit.book.build`` collects the records for the reproduction-status page."""
-    from IPython.display import display
-
-    display({RECORD_MIME: {"name": name, **json.loads(json.dumps(payload, default=_jsonable))}}, raw=True)
-
-
-def _jsonable(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, pd.DataFrame):
-        return json.loads(x.to_json(orient="records"))
-    return str(x)
 
 
 def stage_record(run: "Run", results: pd.DataFrame, seg: Segmentation) -> dict:
@@ -115,36 +86,6 @@ def comparison_record(comp: "Comparison", runs: dict) -> dict:
     first = next(iter(runs.values()))
     return {"models": models, "pairs": json.loads(pair_table(comp).to_json(orient="records")) if len(comp.pairs) else [],
             "n_images": first.n_images, "seed": first.seed, "data": first.data_label}
-
-
-def parameters_table(params: dict) -> pd.DataFrame:
-    """Check the parameters a chapter runs with (:func:`probekit.book.params.check_params`: one clear error for a
-    mistyped value, before any work) and show them as a two-column table."""
-    from .book.params import check_params
-
-    check_params(params)
-    return pd.DataFrame({"parameter": list(params), "value": [repr(v) for v in params.values()]}).set_index("parameter")
-
-
-def _quiet() -> None:
-    """No progress bars or deprecation notices from transformers in chapter outputs (widgets in a kernel, noise,
-    and output that only a first, uncached run prints — which nbval would flag as a difference)."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except Exception:  # pragma: no cover - cosmetic only
-        pass
-
-
-def load(model_id: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load a model for a chapter (quietly)."""
-    _quiet()
-    return load_model(model_id, dtype=dtype, device=device)
 
 
 def model_facts(run: "Run") -> pd.DataFrame:
@@ -211,16 +152,12 @@ def behaviour_note(run: "Run") -> str:
     return " ".join(lines)
 
 
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")[-60:] or "model"
-
-
 def store_dir(cache_dir, lm: LoadedModel, data: ImageDataset, variants, position: str = "last") -> Path:
     """The cache directory of one extraction: ``cache_dir/<model slug>/<hash of what changes the numbers>``."""
     key = {"model": lm.identity(), "data": data.identity(), "variants": [v.to_dict() for v in variants],
            "position": position, "readout": READOUT}
-    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / _slug(lm.model_id) / h
+    h = key_sha256(key, 16)
+    return Path(cache_dir) / slug(lm.model_id) / h
 
 
 def variant_spec(variants) -> dict | str:
@@ -263,7 +200,7 @@ def image_grid_html(data: ImageDataset, per_class: int = 4, seed: int = 0, size:
     """Sample images per class as an HTML table with inline PNGs (renders in the book without a kernel)."""
     import html
 
-    from .plots import img_tag
+    from .book.plots import img_tag
 
     grid = sample_grid(data, per_class, seed)
     rows = []
@@ -528,16 +465,6 @@ def compare(runs: dict[str, Run], *, params: StageParams | None = None, n_boot: 
                       segmentations=segs, pairs=pairs)
 
 
-def model_list(model_ids) -> list[str]:
-    """A list of model ids from a list, or from one comma-separated string (``papermill -p model_ids a,b``)."""
-    if isinstance(model_ids, str):
-        model_ids = [m.strip() for m in model_ids.split(",")]
-    ids = [str(m) for m in model_ids if str(m)]
-    if not ids:
-        raise ValueError("model_ids is empty; give at least one model")
-    return ids
-
-
 def model_table(runs: dict[str, Run]) -> pd.DataFrame:
     """One row per model: class, decoder blocks, hidden size, images."""
     return pd.DataFrame([{"model": m, "class": r.lm.identity()["architecture"], "decoder blocks": r.lm.num_layers,
@@ -558,7 +485,8 @@ def stage_boundaries_wide(comp: Comparison) -> pd.DataFrame:
 
 def pair_charts(comp: Comparison, *, seed: int, data_label: str, n: int):
     """One normalized-depth chart per controlled pair (anchor and every variant of both models)."""
-    from .plots import caption, depth_chart
+    from .book.plots import caption
+    from .papers.a_stages.charts import depth_chart
 
     out = []
     for _, p in comp.pairs.iterrows():

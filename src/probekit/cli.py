@@ -158,14 +158,12 @@ def _probe(a) -> int:
     if not 0 < a.test_size < 1:  # before the heavy imports: an argument error answers at once
         raise ProbekitError(f"--test-size must be between 0 and 1, got {a.test_size}")
     from .probes import probe_store
-    from .store import ActivationStore
+    from .store import ActivationStore, atomic_write_bytes
 
     df = probe_store(ActivationStore.open(a.store), test_size=a.test_size, seed=a.seed, C=a.C, n_boot=a.n_boot)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
+    atomic_write_bytes(out, df.to_csv(index=False).encode())
     best = df[df.variant == "anchor"].sort_values("accuracy").iloc[-1] if (df.variant == "anchor").any() else None
     msg = f"wrote {out} ({len(df)} rows)"
     if best is not None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
-import json
 import os
 import struct
 from collections.abc import Sequence
@@ -124,7 +122,9 @@ class ImageDataset:
 
     def identity(self) -> dict:
         """What identifies this data for caching: name, source, and a hash of (ids, labels, classes)."""
-        h = hashlib.sha256(json.dumps([self.classes, self.items]).encode()).hexdigest()
+        from .store import key_sha256
+
+        h = key_sha256([self.classes, self.items])
         return {"name": self.name, "source": self.source, "n": len(self), "items_sha256": h}
 
     def subset(self, n_per_class: int | None, seed: int = 0) -> "ImageDataset":

@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import DataError, ProbekitError
+from .stats import bootstrap_ci
 
 SOLVERS = ("torch", "sklearn")
 
@@ -247,23 +248,6 @@ def _batched_logreg(Z, y, K: int, lam: float, Q, tol: float, max_iter: int, hist
     x_out[ids] = x  # layers stopped by max_iter
     x = x_out
     return x[:, :rk].view(L, r, k), x[:, rk:], n_iter.numpy()
-
-def bootstrap_ci(correct: np.ndarray, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0):
-    """Accuracy and a percentile-bootstrap ``1-alpha`` interval over items, per column.
-
-    ``correct``: boolean ``[n]`` or ``[n, k]`` (e.g. one column per layer). Returns ``(acc, lo, hi)``.
-    """
-    c = np.asarray(correct, dtype=np.float64)
-    c2 = c[:, None] if c.ndim == 1 else c
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(c2), size=(n_boot, len(c2)))
-    boots = c2[idx].mean(axis=1)  # [n_boot, k]
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2], axis=0)
-    acc = c2.mean(axis=0)
-    if c.ndim == 1:
-        return float(acc[0]), float(lo[0]), float(hi[0])
-    return acc, lo, hi
-
 
 def split_items(labels: np.ndarray, *, test_size: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/test split of item indices (every class on both sides)."""

@@ -51,11 +51,17 @@ MANIFEST = "manifest.json"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def key_sha256(key: Mapping) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+def key_sha256(key, length: int | None = None) -> str:
+    """The one cache key of probekit: sha256 over ``key`` as sorted JSON (non-JSON values by ``str``), optionally
+    cut to its first ``length`` hex digits (cache folder names)."""
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return h[:length] if length else h
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that the file is either the old one or the whole new one (temporary file,
+    fsync, rename), whatever moment the process is killed at."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)

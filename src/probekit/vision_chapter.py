@@ -18,7 +18,6 @@ trained with the same recipe) is not run here; see the chapter.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,11 @@ import pandas as pd
 
 from .errors import ProbekitError
 from .models import LoadedModel, load_model
+from .book.context import ChapterRun, load, slug
+from .store import key_sha256
+from .stats import paired_difference
 from .vision_layers import (VisionFeatures, extract_vision_features, group_layers, group_names, layer_group,
-                            paired_difference, probe_layers, representative_layers)
+                            probe_layers, representative_layers)
 from .papers.c_layer_selection.tasks import TASK_TITLES, TASKS, VisionTask, build_tasks, model_image_size
 
 FEATURE_VERSION = 1  # bump when the features' definition changes (part of the cache key)
@@ -38,7 +40,7 @@ RECORD_NAME = "visual_layers"
 
 
 @dataclass
-class VisionRun:
+class VisionRun(ChapterRun):
     """One model's vision tower on the four tasks: features, LRS, groups, fusion layers."""
 
     model_id: str
@@ -75,12 +77,6 @@ class VisionRun:
         return (f"4 tasks from Fashion-MNIST test + held-out digits at {self.image_size} px "
                 f"({self.n_per_class} per class)")
 
-    def caption(self, extra: str | None = None, n: int | str | None = None) -> str:
-        from .plots import caption
-
-        return caption(model=self.model_id, data=self.data_label, n=n if n is not None else f"{self.n_images} images",
-                       seed=self.seed, extra=extra)
-
     def group_table(self) -> pd.DataFrame:
         names = group_names(len(self.groups))
         S = self.lrs
@@ -111,29 +107,10 @@ def default_vision_layer(lm: LoadedModel, n_layers: int) -> int:
     return v if v >= 0 else n_layers + 1 + v
 
 
-def _quiet_load(model_id, **kw) -> LoadedModel:
-    """load_model without transformers' weight-loading progress bar (it lands in the page as a widget)."""
-    from transformers.utils import logging as tlog
-
-    was = tlog.is_progress_bar_enabled()
-    tlog.disable_progress_bar()
-    try:
-        return load_model(model_id, **kw)
-    finally:
-        if was:
-            tlog.enable_progress_bar()
-
-
 def cache_key(lm: LoadedModel, tasks: dict[str, VisionTask], grid: int) -> str:
     key = {"model": lm.identity(), "tasks": {k: t.identity() for k, t in tasks.items()}, "grid": grid,
            "version": FEATURE_VERSION}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _slug(s: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")[-60:] or "model"
+    return key_sha256(key, 16)
 
 
 def run(model_id: str, dataset: str = "fashion-mnist", data_root: str | None = None, n_per_class: int = 100,
@@ -147,11 +124,11 @@ def run(model_id: str, dataset: str = "fashion-mnist", data_root: str | None = N
                             f"{dataset!r} is not supported here — use 'fashion-mnist' (data_root: its IDX folder)")
     if n_per_class is None or int(n_per_class) < 2:
         raise ProbekitError("n_per_class must be at least 2 (every class needs a training and a held-out image)")
-    lm = lm or _quiet_load(model_id, dtype=dtype, device=device)
+    lm = lm or load(model_id, device=device, dtype=dtype)
     size = int(image_size or model_image_size(lm.processor))
     task_set = build_tasks(size, int(n_per_class), seed, list(tasks), max_count=max_count, count_grid=count_grid,
                            position_grid=position_grid, fashion_root=data_root)
-    path = Path(cache_dir) / "vision_layers" / _slug(str(model_id)) / f"{cache_key(lm, task_set, grid)}.npz"
+    path = Path(cache_dir) / "vision_layers" / slug(str(model_id)) / f"{cache_key(lm, task_set, grid)}.npz"
     feats, from_cache = None, False
     if path.is_file():
         try:
@@ -458,7 +435,7 @@ def lrs_chart(vr: VisionRun, *, cap: str | None = None, title: str = "Layer-wise
     """Heatmap of LRS between every pair of vision layers (0 = patch embeddings), the group cuts as lines."""
     import altair as alt
 
-    from .plots import _finish
+    from .book.plots import finish
 
     S = vr.lrs
     L = S.shape[0]
@@ -484,7 +461,7 @@ def lrs_chart(vr: VisionRun, *, cap: str | None = None, title: str = "Layer-wise
     layers.append(alt.Chart(cuts).mark_rule(color="#ff4136", strokeWidth=2).encode(y="at:Q", tooltip=["label:N"]))
     side = min(380, 40 * L + 60)
     chart = alt.layer(*layers).properties(width=side, height=side)
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
 def task_chart(vr: VisionRun, results: pd.DataFrame, *, cap: str | None = None, columns: int = 2,
@@ -494,7 +471,7 @@ def task_chart(vr: VisionRun, results: pd.DataFrame, *, cap: str | None = None, 
     as background bands."""
     import altair as alt
 
-    from .plots import _finish
+    from .book.plots import finish
 
     bands = _group_bands(vr)
     L = vr.n_layers
@@ -533,7 +510,7 @@ def task_chart(vr: VisionRun, results: pd.DataFrame, *, cap: str | None = None, 
     chart = alt.concat(*charts, columns=columns).resolve_scale(color="shared")
     cap = cap or vr.caption(extra=f"{int(results.n_test.iloc[0])}+ held-out images per task; 95 % bootstrap CIs; "
                                   f"dashed orange: fusion of layers {'+'.join(map(str, vr.fusion))}")
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
 def samples_html(vr: VisionRun, per_class: int = 3, size: int = 48) -> str:
@@ -542,7 +519,7 @@ def samples_html(vr: VisionRun, per_class: int = 3, size: int = 48) -> str:
 
     from PIL import Image
 
-    from .plots import img_tag
+    from .book.plots import img_tag
 
     rng = np.random.default_rng(vr.seed)
     rows = []

@@ -258,7 +258,8 @@ def probe_layers(X: np.ndarray, y: np.ndarray, *, fusion: Sequence[int] | None =
     and, if ``fusion`` is given, one row ``kind='fusion'`` (``layer`` = -1, ``layers`` = the fused ones)."""
     import pandas as pd
 
-    from .probes import LayerProbes, bootstrap_ci, split_items
+    from .probes import LayerProbes, split_items
+    from .stats import bootstrap_ci
 
     y = np.asarray(y)
     tr, te = split_items(y, test_size=test_size, seed=seed)
@@ -282,15 +283,3 @@ def probe_layers(X: np.ndarray, y: np.ndarray, *, fusion: Sequence[int] | None =
     df = pd.DataFrame(rows)
     df.attrs["correct"] = correct  # [n_test, rows]: per held-out image, right or wrong, in row order
     return df
-
-
-def paired_difference(correct: np.ndarray, a: int, b: int, *, n_boot: int = 1000, seed: int = 0,
-                      alpha: float = 0.05) -> tuple[float, float, float]:
-    """Accuracy of column ``a`` minus column ``b`` of ``correct`` [n, k] (the same held-out images), with a
-    percentile-bootstrap ``1-alpha`` interval over images (paired: one resample serves both columns)."""
-    c = np.asarray(correct, dtype=np.float64)
-    d = c[:, a] - c[:, b]
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    boots = d[idx].mean(1)
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return float(d.mean()), float(lo), float(hi)

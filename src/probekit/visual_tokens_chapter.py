@@ -26,8 +26,6 @@ text-query segmentation per layer, for each feature kind and each condition.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +37,8 @@ from .papers.b_visual_tokens import analysis as vt
 from .errors import ProbekitError, StoreError
 from .extract.kv import KV_VERSION, extract_image_tokens, image_states, text_states, token_grid
 from .models import LoadedModel
-from .store import ActivationStore
-from .vision_chapter import _quiet_load, _slug
+from .store import ActivationStore, key_sha256
+from .book.context import ChapterRun, load, slug
 from .papers.c_layer_selection.tasks import VisionTask, class_task, model_image_size
 
 RECORD_NAME = "visual_tokens"
@@ -66,7 +64,7 @@ def class_phrase(name: str) -> str:
 
 
 @dataclass
-class TokensRun:
+class TokensRun(ChapterRun):
     """One model's image tokens on Fashion-MNIST test images: stores per (condition, view), masks, queries."""
 
     model_id: str
@@ -121,12 +119,6 @@ class TokensRun:
     def data_label(self) -> str:
         return f"Fashion-MNIST test at {self.image_size} px ({self.n_per_class} per class, 10 classes)"
 
-    def caption(self, extra: str | None = None, n: int | str | None = None) -> str:
-        from .plots import caption
-
-        return caption(model=self.model_id, data=self.data_label, n=n if n is not None else f"{self.n_images} images",
-                       seed=self.seed, extra=extra)
-
     def feature(self, condition: str, view: str, kind: str, layer: int | None = None) -> np.ndarray:
         """``[n, C, d]`` per cell (row-major) of one feature: ``kind`` values / keys (``layer`` a decoder block)
         / hidden (``layer`` 0..L, 0 = projector output) / vision encoder / projector."""
@@ -155,8 +147,8 @@ def _check(name, value, ok, what):
 def store_path(cache_dir, lm: LoadedModel, task: VisionTask, view: str, condition: str, spec: dict) -> Path:
     """``cache_dir/visual_tokens/<model slug>/<condition>-<view>-<hash of what changes the numbers>``."""
     key = {"model": lm.identity(), "task": task.identity(), "view": view, "spec": spec, "version": KV_VERSION}
-    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(cache_dir) / "visual_tokens" / _slug(lm.model_id) / f"{condition}-{view}-{h}"
+    h = key_sha256(key, 16)
+    return Path(cache_dir) / "visual_tokens" / slug(lm.model_id) / f"{condition}-{view}-{h}"
 
 
 def run(model_id: str, dataset: str = "fashion-mnist", data_root: str | None = None, n_per_class: int = 20,
@@ -182,7 +174,7 @@ def run(model_id: str, dataset: str = "fashion-mnist", data_root: str | None = N
     if "{phrase}" not in query_template and "{name}" not in query_template:
         raise ProbekitError(f"query_template {query_template!r} must contain {{phrase}} ('a sneaker') or {{name}} "
                             "('sneaker'): the query is the class name's last token")
-    lm = lm or _quiet_load(model_id, dtype=dtype, device=device)
+    lm = lm or load(model_id, device=device, dtype=dtype)
     L = lm.num_layers
     layers = list(range(1, L + 1)) if layers is None else [int(x) for x in layers]
     size = int(model_image_size(lm.processor))
@@ -234,7 +226,7 @@ def run(model_id: str, dataset: str = "fashion-mnist", data_root: str | None = N
         block_source=source, queries=queries, query_texts=texts, prompt=prompt, prefix=prefix, shift=shift, ink=ink,
         min_fraction=float(min_fraction), threshold=float(agnostic_threshold), late_from=float(late_from), seed=seed,
         n_per_class=int(n_per_class), image_size=size, causality=causality, from_cache=all(was_complete),
-        cache_root=Path(cache_dir) / "visual_tokens" / _slug(lm.model_id))
+        cache_root=Path(cache_dir) / "visual_tokens" / slug(lm.model_id))
 
 
 def causality_check(lm: LoadedModel, task: VisionTask, prompt: str, n: int = 8) -> dict:
@@ -413,7 +405,7 @@ def perception_chart(tr: TokensRun, res: Perception, *, condition: str = "plain"
     values scored with the other classes' queries (control)."""
     import altair as alt
 
-    from .plots import _finish
+    from .book.plots import finish
 
     t = res.table
     xs = alt.Scale(domain=[min(tr.layers) - 0.5, max(tr.layers) + 0.5], nice=False, zero=False)
@@ -449,7 +441,7 @@ def perception_chart(tr: TokensRun, res: Perception, *, condition: str = "plain"
                                   f"{res.n_test} held-out images; 95 % bootstrap CIs over images; dashed rules: the "
                                   "vision encoder's output and the projector's at the same tokens; dotted: chance; no "
                                   "text query for the vision encoder (it has no text side)")
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
 def conditions_chart(tr: TokensRun, res: Perception, *, cap: str | None = None,
@@ -458,7 +450,7 @@ def conditions_chart(tr: TokensRun, res: Perception, *, cap: str | None = None,
     and the projector (which no condition changes) as grey rules."""
     import altair as alt
 
-    from .plots import _finish
+    from .book.plots import finish
 
     t = res.table
     xs = alt.Scale(domain=[min(tr.layers) - 0.5, max(tr.layers) + 0.5], nice=False, zero=False)
@@ -489,7 +481,7 @@ def conditions_chart(tr: TokensRun, res: Perception, *, cap: str | None = None,
     blocked = _block_text(tr)
     cap = cap or tr.caption(extra=f"prefix: {tr.prefix!r}; blocked: {blocked}; 95 % bootstrap CIs over images; grey "
                                   "rules: vision encoder (solid) and projector (dashed)")
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
 def _block_text(tr: TokensRun) -> str:
@@ -506,7 +498,7 @@ def variance_chart(tr: TokensRun, *, cap: str | None = None,
     grid; flagged input-agnostic keys marked ●, stand-ins ○; late layers labelled."""
     import altair as alt
 
-    from .plots import _finish
+    from .book.plots import finish
 
     rows, cols = tr.grid
     late = set(tr.late)
@@ -536,7 +528,7 @@ def variance_chart(tr: TokensRun, *, cap: str | None = None,
     cap = cap or tr.caption(extra=f"keys of the plain condition, original images (first panel: the same ratio for "
                                   f"the projector output, the LM's input); ● input-agnostic (ratio < {tr.threshold} in "
                                   f"a late layer, > {tr.late_from:g} of depth); ○ blocked stand-ins")
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
 def masks_html(tr: TokensRun, size: int = 84) -> str:
@@ -545,7 +537,7 @@ def masks_html(tr: TokensRun, size: int = 84) -> str:
 
     from PIL import Image, ImageDraw
 
-    from .plots import img_tag
+    from .book.plots import img_tag
 
     rows, cols = tr.grid
     cells = []

@@ -93,7 +93,7 @@ class Explorer:
 
     def static(self, family: str = "anchor", layer: int | None = None):
         """The explorer as an altair chart (dropdown: family; slider: layer; click a class)."""
-        from ..plots import explorer_chart
+        from ..papers.a_stages.charts import explorer_chart
 
         layer = self.best_layer(family) if layer is None else layer
         return explorer_chart(self.table, cap=self.cap, layers=self.layers, families=self.families,

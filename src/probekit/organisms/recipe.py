@@ -182,10 +182,9 @@ def vision_cache_key(recipe: Recipe) -> str:
     """What phase 1 depends on: the vision tower's shape and training, the seed (the tower's initial weights come
     first in the model's construction, and the phase reseeds torch's generator, so the decoder's size changes
     neither) and the torch version."""
-    import hashlib
+    from ..store import key_sha256
 
-    key = {f: getattr(recipe, f) for f in VISION_FIELDS} | {"torch": torch.__version__, "phase": "vision/1"}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return key_sha256({f: getattr(recipe, f) for f in VISION_FIELDS} | {"torch": torch.__version__, "phase": "vision/1"}, 20)
 
 
 def cached_phase_vision(model, processor, recipe: Recipe, pools, rng, log, cache_dir: Path | None) -> dict:

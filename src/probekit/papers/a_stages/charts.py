@@ -1,109 +1,20 @@
-"""Altair charts of probe results: per-layer accuracy with CI bands, the shuffled control, stage bands;
-curves by absolute and normalized depth; decision/format transfer; the model's answers.
+"""Paper A's charts: per-layer accuracy with CI bands, the shuffled control, stage bands; sensitivity per family;
+curves by absolute and normalized depth; decision/format transfer; the model's answers; the explorer.
 
-Every chart carries a caption naming model, data, n and seed (:func:`caption`); it is drawn as the chart's
-subtitle and, by probekit's renderer, as a ``<figcaption>`` under it. Charts are interactive (tooltips;
-click a legend entry to highlight one series, shift-click for more).
-
-Rendering. ``enable()`` switches altair to probekit's ``text/html`` renderer. Its output is a ``<div
-id="altair-viz-<hex>">`` plus a script that calls ``vegaEmbed`` when the vega libraries are already on the
-page — the book ships them in ``_static/vega`` and loads them in every page's ``<head>``, so charts render
-with the network off — and otherwise loads them (live notebooks; from ``VEGA_BASE_URL``). altair 6's
-``mimetype`` renderer is not used: its MIME type (``application/vnd.vegalite.v6.json``) holds a dict, which
-nbformat refuses, so papermill cannot write it.
-"""
+Every chart is finished with a short title and the caption naming model, data, n and seed
+(:func:`probekit.book.plots.finish`)."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-import json
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import altair as alt
 import pandas as pd
 
-VEGA_BASE_URL = "https://cdn.jsdelivr.net/npm"
-VEGA_VERSIONS = {"vega": "6", "vega-lite": alt.SCHEMA_VERSION.lstrip("v"), "vega-embed": "7"}
+from ...book.plots import HEIGHT, WIDTH, finish, legend_selection
+
 STAGE_COLORS = {"before grounding": "#bbbbbb", "visual grounding": "#4c78a8", "lexical integration": "#f58518",
                 "semantic reasoning": "#54a24b", "answer decoding": "#b279a2"}
-WIDTH, HEIGHT = 440, 260
-
-_SCRIPT = """(function() {
-  var spec = %(spec)s;
-  var sel = "#%(div)s";
-  var opt = {"mode": "vega-lite", "actions": false};
-  function show(embed) { embed(sel, spec, opt).catch(function(err) {
-    document.querySelector(sel).textContent = "chart error: " + err; }); }
-  if (typeof vegaEmbed === "function") { show(vegaEmbed); return; }
-  if (typeof define === "function" && define.amd && typeof require === "function") {
-    require.config({paths: %(amd)s});
-    require(["vega-embed"], show, function() {
-      document.querySelector(sel).textContent = "the vega libraries could not be loaded"; });
-    return;
-  }
-  var urls = %(urls)s;
-  function load(i) {
-    if (i >= urls.length) { show(vegaEmbed); return; }
-    var s = document.createElement("script");
-    s.src = urls[i];
-    s.onload = function() { load(i + 1); };
-    s.onerror = function() { document.querySelector(sel).textContent =
-      "the vega libraries could not be loaded from " + urls[i] + " (offline? the built book ships them)"; };
-    document.head.appendChild(s);
-  }
-  load(0);
-})();"""
-
-
-def _lib_urls(base: str) -> dict[str, str]:
-    return {k: f"{base}/{k}@{v}" for k, v in VEGA_VERSIONS.items()}
-
-
-def chart_html(spec: Mapping, *, div_id: str | None = None, base_url: str = VEGA_BASE_URL) -> str:
-    """HTML for one chart: a figure with the vega-embed target div and the caption from ``usermeta``."""
-    div = div_id or f"altair-viz-{uuid.uuid4().hex}"
-    caption = (spec.get("usermeta") or {}).get("caption")
-    urls = _lib_urls(base_url)
-    script = _SCRIPT % {
-        "spec": json.dumps(spec, sort_keys=True).replace("</", "<\\/"),
-        "div": div,
-        "amd": json.dumps({k: u + "?noext" for k, u in urls.items()}),
-        "urls": json.dumps([urls["vega"], urls["vega-lite"], urls["vega-embed"]]),
-    }
-    cap = f'\n<figcaption class="probekit-caption">{html.escape(caption)}</figcaption>' if caption else ""
-    return (f'<figure class="probekit-chart">\n<div id="{div}" class="probekit-vega"></div>{cap}\n</figure>\n'
-            f'<script type="text/javascript">\n{script}\n</script>')
-
-
-def probekit_renderer(spec: dict, **metadata) -> dict:
-    caption = (spec.get("usermeta") or {}).get("caption", "")
-    return {"text/html": chart_html(spec), "text/plain": f"<probekit chart: {caption}>"}
-
-
-def enable() -> None:
-    """Register and enable probekit's renderer; lift altair's 5,000-row limit (data stay inline)."""
-    if "probekit" not in alt.renderers.names():
-        alt.renderers.register("probekit", probekit_renderer)
-    alt.renderers.enable("probekit")
-    alt.data_transformers.disable_max_rows()
-
-
-def caption(*, model: str, data: str, n: int | str, seed: int, extra: str | None = None) -> str:
-    """The caption every chart carries: model, data, n and seed (plus optional details)."""
-    text = f"Model: {model} · data: {data} · n = {n} · seed = {seed}"
-    return f"{text} · {extra}" if extra else text
-
-
-def _finish(chart, title: str, cap: str):
-    return chart.properties(title=alt.TitleParams(title, subtitle=[cap], anchor="start"),
-                            usermeta={"caption": cap})
-
-
-def _legend_selection(field: str, name: str):
-    return alt.selection_point(fields=[field], bind="legend", name=name)
 
 
 def accuracy_chart(df: pd.DataFrame, *, cap: str, bands: pd.DataFrame | None = None,
@@ -117,7 +28,7 @@ def accuracy_chart(df: pd.DataFrame, *, cap: str, bands: pd.DataFrame | None = N
     """
     d = df.copy()
     d["accuracy"] = d.accuracy.astype(float)
-    sel = _legend_selection(color, f"{color}_legend")
+    sel = legend_selection(color, f"{color}_legend")
     xenc = alt.X(f"{x}:Q", title="layer (0 = embeddings)" if x == "layer" else x, scale=alt.Scale(nice=False),
                  axis=alt.Axis(tickMinStep=1) if x == "layer" else alt.Axis())
     base = alt.Chart(d).encode(x=xenc)
@@ -154,7 +65,7 @@ def accuracy_chart(df: pd.DataFrame, *, cap: str, bands: pd.DataFrame | None = N
         layers.append(alt.Chart(pd.DataFrame({"chance": [float(d.chance.iloc[0])]})).mark_rule(
             strokeDash=[1, 3], color="#999").encode(y="chance:Q", tooltip=[alt.Tooltip("chance:Q", format=".3f")]))
     chart = alt.layer(*layers).resolve_scale(color="independent").properties(width=width, height=height)
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
 def sensitivity_chart(seg, *, cap: str, title: str = "Sensitivity per family: accuracy drop below the anchor"):
@@ -165,7 +76,7 @@ def sensitivity_chart(seg, *, cap: str, title: str = "Sensitivity per family: ac
         if k.startswith("s_"):
             rows += [{"layer": int(l), "family": k[2:], "drop": float(x)} for l, x in zip(seg.layers, v)]
     d = pd.DataFrame(rows, columns=["layer", "family", "drop"])
-    sel = _legend_selection("family", "family_legend_sens")
+    sel = legend_selection("family", "family_legend_sens")
     stage_scale = alt.Scale(domain=list(STAGE_COLORS), range=list(STAGE_COLORS.values()))
     bands = alt.Chart(seg.bands()).mark_rect(opacity=0.12).encode(
         x="start:Q", x2="end:Q", color=alt.Color("stage:N", scale=stage_scale, title="stage",
@@ -182,7 +93,7 @@ def sensitivity_chart(seg, *, cap: str, title: str = "Sensitivity per family: ac
     thr = alt.Chart(pd.DataFrame({"threshold": [seg.params.drop]})).mark_rule(strokeDash=[5, 3], color="#d62728") \
         .encode(y="threshold:Q", tooltip=[alt.Tooltip("threshold:Q", title="drop threshold")])
     chart = alt.layer(bands, lines, thr).resolve_scale(color="independent").properties(width=WIDTH, height=220)
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
 def depth_chart(df: pd.DataFrame, *, cap: str, normalized: bool = False, bands: pd.DataFrame | None = None,
@@ -192,7 +103,7 @@ def depth_chart(df: pd.DataFrame, *, cap: str, normalized: bool = False, bands: 
     model, stage, start, end in the same x units)."""
     x = "depth" if normalized else "layer"
     xt = "normalized depth (layer / L)" if normalized else "layer (0 = embeddings)"
-    sel = _legend_selection("model", "model_legend_norm" if normalized else "model_legend_abs")
+    sel = legend_selection("model", "model_legend_norm" if normalized else "model_legend_abs")
     base = alt.Chart(df).encode(x=alt.X(f"{x}:Q", title=xt, scale=alt.Scale(nice=False),
                                         axis=alt.Axis() if normalized else alt.Axis(tickMinStep=1)))
     col = alt.Color("model:N", title="model", legend=alt.Legend(orient="bottom", columns=2, labelLimit=400))
@@ -207,7 +118,7 @@ def depth_chart(df: pd.DataFrame, *, cap: str, normalized: bool = False, bands: 
                                           opacity=alt.condition(sel, alt.value(1.0), alt.value(0.15))).add_params(sel),
     ]
     chart = alt.layer(*layers).properties(width=width, height=height)
-    return _finish(chart, title or f"Anchor accuracy by {'normalized depth' if normalized else 'layer'}", cap)
+    return finish(chart, title or f"Anchor accuracy by {'normalized depth' if normalized else 'layer'}", cap)
 
 
 def stage_map_chart(bands: pd.DataFrame, *, cap: str, normalized: bool = True, title: str = "Stages per model",
@@ -216,7 +127,7 @@ def stage_map_chart(bands: pd.DataFrame, *, cap: str, normalized: bool = True, t
     last_layer, and ``start_norm``/``end_norm`` when normalized)."""
     s, e = ("start_norm", "end_norm") if normalized else ("start", "end")
     stage_scale = alt.Scale(domain=list(STAGE_COLORS), range=list(STAGE_COLORS.values()))
-    sel = _legend_selection("stage", "stage_legend")
+    sel = legend_selection("stage", "stage_legend")
     chart = alt.Chart(bands).mark_bar(height=18).encode(
         x=alt.X(f"{s}:Q", title="normalized depth (layer / L)" if normalized else "layer",
                 scale=alt.Scale(nice=False)), x2=f"{e}:Q",
@@ -226,14 +137,14 @@ def stage_map_chart(bands: pd.DataFrame, *, cap: str, normalized: bool = True, t
         tooltip=["model:N", "stage:N", alt.Tooltip("first_layer:Q", title="first layer"),
                  alt.Tooltip("last_layer:Q", title="last layer")],
     ).add_params(sel).properties(width=width)
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
 def answers_chart(answers: pd.DataFrame, *, cap: str, title: str = "The model's answers per prompt variant"):
     """Behaviour check: share of images answered correctly per variant (``probekit.store.answers()``)."""
     g = (answers.groupby(["variant", "family", "expected"], sort=False)
          .agg(correct=("correct", "mean"), margin=("margin", "mean"), n=("correct", "size")).reset_index())
-    sel = _legend_selection("family", "family_legend_answers")
+    sel = legend_selection("family", "family_legend_answers")
     chart = alt.Chart(g).mark_bar().encode(
         x=alt.X("correct:Q", title="share answered correctly (expected answer preferred)",
                 scale=alt.Scale(domain=[0, 1])),
@@ -243,14 +154,14 @@ def answers_chart(answers: pd.DataFrame, *, cap: str, title: str = "The model's 
         tooltip=["variant:N", "family:N", "expected:N", alt.Tooltip("correct:Q", format=".3f"),
                  alt.Tooltip("margin:Q", format=".2f", title="mean log-prob margin (expected - other)"), "n:Q"],
     ).add_params(sel).properties(width=WIDTH - 120)
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
 def transfer_chart(df: pd.DataFrame, *, cap: str, parting: int | None = None,
                    title: str = "Decision probes within and across answer formats"):
     """Accuracy per layer of each (train format -> test format) series (``df``: layer, series, accuracy,
     ci_low, ci_high, chance); a vertical rule at the parting layer."""
-    sel = _legend_selection("series", "series_legend")
+    sel = legend_selection("series", "series_legend")
     base = alt.Chart(df).encode(x=alt.X("layer:Q", title="layer (0 = embeddings)", scale=alt.Scale(nice=False),
                                         axis=alt.Axis(tickMinStep=1)))
     col = alt.Color("series:N", title="probe (train → test)")
@@ -271,7 +182,7 @@ def transfer_chart(df: pd.DataFrame, *, cap: str, parting: int | None = None,
         layers.append(alt.Chart(pd.DataFrame({"layer": [parting], "label": [f"formats part at layer {parting}"]}))
                       .mark_rule(color="#d62728", strokeWidth=2).encode(x="layer:Q", tooltip=["label:N"]))
     chart = alt.layer(*layers).properties(width=WIDTH, height=HEIGHT)
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
 def explorer_chart(table: pd.DataFrame, *, cap: str, layers: Sequence[int], families: Sequence[str],
@@ -307,19 +218,8 @@ def explorer_chart(table: pd.DataFrame, *, cap: str, layers: Sequence[int], fami
         tooltip=["true:N", "pred:N", "count:Q"],
     ).properties(width=260, height=260)
     chart = alt.hconcat(per_class, conf)
-    return _finish(chart, title, cap)
+    return finish(chart, title, cap)
 
 
-__all__ = ["STAGE_COLORS", "accuracy_chart", "answers_chart", "caption", "chart_html", "depth_chart", "enable",
-           "explorer_chart", "probekit_renderer", "sensitivity_chart", "stage_map_chart", "transfer_chart"]
-
-
-def img_tag(image, size: int, alt: str = "") -> str:
-    """An inline PNG ``<img>`` of a PIL image, ``size`` px square, drawn pixelated (renders without a kernel)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    image.resize((size, size), Image.Resampling.NEAREST).save(buf, format="PNG")
-    return (f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" width="{size}" '
-            f'height="{size}" style="image-rendering:pixelated;margin:1px" alt="{html.escape(alt)}">')
-
+__all__ = ["STAGE_COLORS", "accuracy_chart", "answers_chart", "depth_chart", "explorer_chart", "sensitivity_chart",
+           "stage_map_chart", "transfer_chart"]
