@@ -1,6 +1,6 @@
 """Chapter helpers that need no model: which organisms form paper A's controlled pairs."""
 
-from probekit.chapters import controlled_pairs
+from probekit.papers.a_stages.chapter import controlled_pairs
 from probekit.organisms import ORGANISMS
 
 

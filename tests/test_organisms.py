@@ -103,7 +103,7 @@ def test_examples_cover_every_kind_and_both_answers():
 def test_training_wordings_hold_out_every_probe_prompt():
     """No training wording (bank templates, sampled questions, the decoder's task text) holds one of paper A's
     probe questions, for any concept, or one of their instruction sentences; the lexical edits stay learnable."""
-    from probekit.chapters import decision_variants
+    from probekit.papers.a_stages.chapter import decision_variants
     from probekit.organisms.corpus import task_text
     from probekit.organisms.tasks import probe_wordings, training_templates
 

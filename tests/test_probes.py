@@ -4,7 +4,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from probekit.errors import DataError, ProbekitError
-from probekit.probes import LayerProbes, bootstrap_ci, split_items
+from probekit.probes import LayerProbes, split_items
+from probekit.stats import bootstrap_ci
 
 
 def planted(n=300, d=20, classes=4, seed=0):

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from probekit.chapters import decision_variants
+from probekit.papers.a_stages.chapter import decision_variants
 from probekit.models import load_model
 from probekit.prompts import paper_a_variants
 from probekit.models.standins import LLAMA3_SPECIALS, QWEN_IDS, llama3_llava_next_standin, llava15_standin, qwen2vl_standin

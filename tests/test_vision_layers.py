@@ -4,7 +4,7 @@ import torch
 
 from conftest import FAMILIES
 from probekit.errors import ProbekitError
-from probekit.vision_layers import group_layers, layer_similarity, vision_states
+from probekit.papers.c_layer_selection.analysis import group_layers, layer_similarity, vision_states
 
 
 def planted(sizes, within=0.9, between=0.3, noise=0.02, seed=0):
@@ -63,7 +63,7 @@ def test_lrs_on_every_supported_class(family, tiny_models, fashion):
 
 from PIL import Image  # noqa: E402
 
-from probekit.vision_layers import (extract_vision_features, grid_pool, patch_positions, probe_layers,  # noqa: E402
+from probekit.papers.c_layer_selection.analysis import (extract_vision_features, grid_pool, patch_positions, probe_layers,  # noqa: E402
                                     representative_layers)
 from probekit.papers.c_layer_selection.tasks import cell_boxes  # noqa: E402
 

@@ -107,7 +107,7 @@ STATUS_PAGE = "reproduction-status.md"
 
 
 def collect_records(paths) -> dict:
-    """``{record name: payload}`` from the ``probekit.chapters.record`` outputs of executed notebooks."""
+    """``{record name: payload}`` from the ``probekit.papers.a_stages.chapter.record`` outputs of executed notebooks."""
     import nbformat
 
     out = {}
@@ -219,8 +219,8 @@ def status_page(records: Mapping) -> str:
         f"`{dec['model']}`" if dec else "—")
     row("Probe accuracy values, image counts, probe regularization", "**unknown** (not in the reference)",
         "see chapter 2" if st else na, f"`{st['model']}`" if st else "—")
-    from ..vision_chapter import RECORD_NAME as _VL, status_rows as _vl_rows
-    from ..visual_tokens_chapter import RECORD_NAME as _VT, status_rows as _vt_rows
+    from ..papers.c_layer_selection.chapter import RECORD_NAME as _VL, status_rows as _vl_rows
+    from ..papers.b_visual_tokens.chapter import RECORD_NAME as _VT, status_rows as _vt_rows
 
     lines += _vt_rows(records.get(_VT))  # paper B (chapter 5), rows marked (B), same table
     lines += _vl_rows(records.get(_VL))  # paper C (chapter 6), rows marked (C), same table

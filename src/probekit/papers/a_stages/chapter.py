@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .book.context import ChapterRun, load, model_list, parameters_table, record, slug  # noqa: F401 (re-exported for the notebooks)
-from .data import ImageDataset, get_dataset
-from .extract import READOUT, extract
-from .models import LoadedModel, load_model
-from .probes import LayerProbes, probe_store, split_items
-from .stats import bootstrap_ci
-from .prompts import Variant, decision_variants, load_variants, template
-from .papers.a_stages.stages import STAGES, Segmentation, StageParams, normalized_depth, segment_results
-from .store import ActivationStore, key_sha256
+from ...book.context import ChapterRun, load, model_list, parameters_table, record, slug  # noqa: F401 (re-exported for the notebooks)
+from ...data import ImageDataset, get_dataset
+from ...extract import READOUT, extract
+from ...models import LoadedModel, load_model
+from ...probes import LayerProbes, probe_store, split_items
+from ...stats import bootstrap_ci
+from ...prompts import Variant, decision_variants, load_variants, template
+from .stages import STAGES, Segmentation, StageParams, normalized_depth, segment_results
+from ...store import ActivationStore, key_sha256
 
 DEFAULT_CACHE = Path(".cache") / "probekit"
 
@@ -200,7 +200,7 @@ def image_grid_html(data: ImageDataset, per_class: int = 4, seed: int = 0, size:
     """Sample images per class as an HTML table with inline PNGs (renders in the book without a kernel)."""
     import html
 
-    from .book.plots import img_tag
+    from ...book.plots import img_tag
 
     grid = sample_grid(data, per_class, seed)
     rows = []
@@ -256,11 +256,11 @@ def two_domain_dataset(dataset: str = "fashion-mnist", data_root: str | None = N
 
     The contrast digits are the organisms' held-out third (:func:`probekit.organisms.tasks.digits_split`).
     """
-    from .data import array_images, load_digits_arrays
+    from ...data import array_images, load_digits_arrays
 
     main = get_dataset(dataset, data_root, n_per_class=n_per_class, seed=seed)
     if contrast == "digits":
-        from .organisms.tasks import digits_split
+        from ...organisms.tasks import digits_split
 
         x, y = load_digits_arrays()
         _, held = digits_split()
@@ -282,7 +282,7 @@ def two_domain_dataset(dataset: str = "fashion-mnist", data_root: str | None = N
 
 
 def main_digit_classes():
-    from .data import DIGIT_CLASSES
+    from ...data import DIGIT_CLASSES
 
     return DIGIT_CLASSES
 
@@ -414,7 +414,7 @@ def controlled_pairs(model_ids) -> pd.DataFrame:
     among the organisms: ``qwen2vl-organism`` differs from ``llava-organism`` in the decoder (Qwen2, 6
     blocks vs Llama, 8) *and* in the vision tower and image tokens, so that row is marked not controlled.
     """
-    from .organisms import ORGANISMS
+    from ...organisms import ORGANISMS
 
     rows = []
     ids = list(model_ids)
@@ -485,8 +485,8 @@ def stage_boundaries_wide(comp: Comparison) -> pd.DataFrame:
 
 def pair_charts(comp: Comparison, *, seed: int, data_label: str, n: int):
     """One normalized-depth chart per controlled pair (anchor and every variant of both models)."""
-    from .book.plots import caption
-    from .papers.a_stages.charts import depth_chart
+    from ...book.plots import caption
+    from .charts import depth_chart
 
     out = []
     for _, p in comp.pairs.iterrows():

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ProbekitError
-from .models import LoadedModel
+from ...errors import ProbekitError
+from ...models import LoadedModel
 
 
 def _vision_batches(lm: LoadedModel, images: Sequence, batch_size: int):
@@ -258,8 +258,8 @@ def probe_layers(X: np.ndarray, y: np.ndarray, *, fusion: Sequence[int] | None =
     and, if ``fusion`` is given, one row ``kind='fusion'`` (``layer`` = -1, ``layers`` = the fused ones)."""
     import pandas as pd
 
-    from .probes import LayerProbes, split_items
-    from .stats import bootstrap_ci
+    from ...probes import LayerProbes, split_items
+    from ...stats import bootstrap_ci
 
     y = np.asarray(y)
     tr, te = split_items(y, test_size=test_size, seed=seed)

@@ -7,7 +7,7 @@
     vc.record_payload(vr, results)               # what the reproduction-status page needs
 
 :func:`run` loads the model, builds the four tasks at the model's image size (:mod:`probekit.papers.c_layer_selection.tasks`),
-runs the vision tower once over every image (:func:`probekit.vision_layers.extract_vision_features`;
+runs the vision tower once over every image (:func:`probekit.papers.c_layer_selection.analysis.extract_vision_features`;
 cached under ``cache_dir/vision_layers``: a second run with the same model, tasks and seed re-uses the
 features), computes LRS over all task images and cuts layers 1..V into shallow / middle / deep.
 
@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ProbekitError
-from .models import LoadedModel, load_model
-from .book.context import ChapterRun, load, slug
-from .store import key_sha256
-from .stats import paired_difference
-from .vision_layers import (VisionFeatures, extract_vision_features, group_layers, group_names, layer_group,
+from ...errors import ProbekitError
+from ...models import LoadedModel, load_model
+from ...book.context import ChapterRun, load, slug
+from ...store import key_sha256
+from ...stats import paired_difference
+from .analysis import (VisionFeatures, extract_vision_features, group_layers, group_names, layer_group,
                             probe_layers, representative_layers)
-from .papers.c_layer_selection.tasks import TASK_TITLES, TASKS, VisionTask, build_tasks, model_image_size
+from .tasks import TASK_TITLES, TASKS, VisionTask, build_tasks, model_image_size
 
 FEATURE_VERSION = 1  # bump when the features' definition changes (part of the cache key)
 GROUP_COLORS = {"embeddings": "#bbbbbb", "shallow": "#4c78a8", "middle": "#54a24b", "deep": "#b279a2"}
@@ -435,7 +435,7 @@ def lrs_chart(vr: VisionRun, *, cap: str | None = None, title: str = "Layer-wise
     """Heatmap of LRS between every pair of vision layers (0 = patch embeddings), the group cuts as lines."""
     import altair as alt
 
-    from .book.plots import finish
+    from ...book.plots import finish
 
     S = vr.lrs
     L = S.shape[0]
@@ -471,7 +471,7 @@ def task_chart(vr: VisionRun, results: pd.DataFrame, *, cap: str | None = None, 
     as background bands."""
     import altair as alt
 
-    from .book.plots import finish
+    from ...book.plots import finish
 
     bands = _group_bands(vr)
     L = vr.n_layers
@@ -519,7 +519,7 @@ def samples_html(vr: VisionRun, per_class: int = 3, size: int = 48) -> str:
 
     from PIL import Image
 
-    from .book.plots import img_tag
+    from ...book.plots import img_tag
 
     rng = np.random.default_rng(vr.seed)
     rows = []

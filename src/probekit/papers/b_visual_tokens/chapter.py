@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .papers.b_visual_tokens import analysis as vt
-from .errors import ProbekitError, StoreError
-from .extract.kv import KV_VERSION, extract_image_tokens, image_states, text_states, token_grid
-from .models import LoadedModel
-from .store import ActivationStore, key_sha256
-from .book.context import ChapterRun, load, slug
-from .papers.c_layer_selection.tasks import VisionTask, class_task, model_image_size
+from . import analysis as vt
+from ...errors import ProbekitError, StoreError
+from ...extract.kv import KV_VERSION, extract_image_tokens, image_states, text_states, token_grid
+from ...models import LoadedModel
+from ...store import ActivationStore, key_sha256
+from ...book.context import ChapterRun, load, slug
+from ..c_layer_selection.tasks import VisionTask, class_task, model_image_size
 
 RECORD_NAME = "visual_tokens"
 VIEWS = ("original", "flip", "shift")
@@ -231,7 +231,7 @@ def run(model_id: str, dataset: str = "fashion-mnist", data_root: str | None = N
 
 def causality_check(lm: LoadedModel, task: VisionTask, prompt: str, n: int = 8) -> dict:
     """Largest difference of the image keys / values between two prompts that differ only after the image."""
-    from .prompts import template
+    from ...prompts import template
 
     imgs = [task.pil(i) for i in range(min(n, len(task)))]
     a = image_states(lm, [template(lm, prompt)] * len(imgs), imgs)
@@ -405,7 +405,7 @@ def perception_chart(tr: TokensRun, res: Perception, *, condition: str = "plain"
     values scored with the other classes' queries (control)."""
     import altair as alt
 
-    from .book.plots import finish
+    from ...book.plots import finish
 
     t = res.table
     xs = alt.Scale(domain=[min(tr.layers) - 0.5, max(tr.layers) + 0.5], nice=False, zero=False)
@@ -450,7 +450,7 @@ def conditions_chart(tr: TokensRun, res: Perception, *, cap: str | None = None,
     and the projector (which no condition changes) as grey rules."""
     import altair as alt
 
-    from .book.plots import finish
+    from ...book.plots import finish
 
     t = res.table
     xs = alt.Scale(domain=[min(tr.layers) - 0.5, max(tr.layers) + 0.5], nice=False, zero=False)
@@ -498,7 +498,7 @@ def variance_chart(tr: TokensRun, *, cap: str | None = None,
     grid; flagged input-agnostic keys marked ●, stand-ins ○; late layers labelled."""
     import altair as alt
 
-    from .book.plots import finish
+    from ...book.plots import finish
 
     rows, cols = tr.grid
     late = set(tr.late)
@@ -537,7 +537,7 @@ def masks_html(tr: TokensRun, size: int = 84) -> str:
 
     from PIL import Image, ImageDraw
 
-    from .book.plots import img_tag
+    from ...book.plots import img_tag
 
     rows, cols = tr.grid
     cells = []
