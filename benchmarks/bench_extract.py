@@ -32,9 +32,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from probekit.models.build import build_tiny  # noqa: E402
 from probekit.data import get_dataset  # noqa: E402
 from probekit.models import load_model  # noqa: E402
+from probekit.models.build import build_tiny  # noqa: E402
 from probekit.prompts import Variant, paper_a_variants  # noqa: E402
 from probekit.store import ActivationStore  # noqa: E402
 

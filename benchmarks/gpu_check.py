@@ -110,8 +110,8 @@ def main(argv=None) -> None:
 
     from probekit.data import get_dataset
     from probekit.models import load_model, resolve_device, resolve_dtype
-    from probekit.prompts import paper_a_variants
     from probekit.models.standins import llava15_standin
+    from probekit.prompts import paper_a_variants
 
     device = resolve_device(a.device)
     dtype = resolve_dtype(a.dtype, device)

@@ -4,11 +4,17 @@ import importlib
 
 import pytest
 import torch
-
 from conftest import FAMILIES
-from probekit.models.build import train_tokenizer
+
 from probekit.errors import PromptError
-from probekit.prompts import AnswerForms, Variant, answer_forms, answer_token_sequences, paper_a_variants
+from probekit.models.build import train_tokenizer
+from probekit.prompts import (
+    AnswerForms,
+    Variant,
+    answer_forms,
+    answer_token_sequences,
+    paper_a_variants,
+)
 
 ex = importlib.import_module("probekit.extract.hidden")
 ATOL = 1e-4

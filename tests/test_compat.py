@@ -10,11 +10,11 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import FAMILIES
+
 from probekit.compat import cache_kwargs, output_cache
-from probekit.prompts import template
 from probekit.extract.kv import image_states, text_states
+from probekit.prompts import template
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from probekit.data import dog_wnids, get_dataset, image_folder, imagenet_dogs
+from probekit.data.sets import dog_wnids, get_dataset, image_folder, imagenet_dogs
 from probekit.errors import DataError
 
 

@@ -1,15 +1,14 @@
 """Shared-prefix reuse equals the naive one-forward-per-prompt path, per supported class."""
 
 import gc
-import weakref
-
 import importlib
+import weakref
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import FAMILIES
+
 from probekit.prompts import paper_a_variants
 from probekit.store import ActivationStore
 

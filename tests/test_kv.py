@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import FAMILIES, TEXT_LAYERS
+
 from probekit.errors import ProbekitError
-from probekit.prompts import template
 from probekit.extract.kv import image_kv
-from probekit.prompts import messages_for
+from probekit.prompts import messages_for, template
 
 
 @pytest.mark.parametrize("family", FAMILIES)

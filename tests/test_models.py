@@ -3,13 +3,12 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import ARCHITECTURES, FAMILIES, TEXT_LAYERS
+
 from probekit.errors import ModelLoadError
 from probekit.extract import forward_batch
-from probekit.prompts import template
 from probekit.models import SUPPORTED, load_model
-from probekit.prompts import paper_a_variants
+from probekit.prompts import paper_a_variants, template
 
 ANCHOR = paper_a_variants()[0].text
 

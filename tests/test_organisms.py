@@ -12,7 +12,8 @@ import torch
 from transformers import AutoProcessor
 
 from probekit.models.build import MODEL_CLASSES
-from probekit.organisms import ORGANISMS, SHIPPED_DIR, organism_path, train_organism
+from probekit.organisms import ORGANISMS, SHIPPED_DIR, organism_path
+from probekit.organisms.train import train_organism
 from probekit.organisms.evaluate import evaluate
 from probekit.organisms.recipe import Chat, encode
 from probekit.organisms.tasks import KINDS, image_pools, make_example, sample_batch
@@ -103,9 +104,9 @@ def test_examples_cover_every_kind_and_both_answers():
 def test_training_wordings_hold_out_every_probe_prompt():
     """No training wording (bank templates, sampled questions, the decoder's task text) holds one of paper A's
     probe questions, for any concept, or one of their instruction sentences; the lexical edits stay learnable."""
-    from probekit.papers.a_stages.chapter import decision_variants
     from probekit.organisms.corpus import task_text
     from probekit.organisms.tasks import probe_wordings, training_templates
+    from probekit.papers.a_stages.chapter import decision_variants
 
     questions, instructions = probe_wordings()
     assert questions == ("Does this image feature {thing}?", "Does this image show {thing}?",
@@ -126,7 +127,7 @@ def test_training_wordings_hold_out_every_probe_prompt():
 
 
 def test_held_out_images_are_disjoint_from_training_and_split_into_dev_and_test():
-    from probekit.organisms.tasks import digits_split, heldout_split
+    from probekit.data import digits_split, heldout_split
 
     tr, te = digits_split()
     assert not set(tr) & set(te) and len(tr) + len(te) == 1797

@@ -1,7 +1,7 @@
 import pytest
 
-from probekit.errors import ProbekitError
 from probekit.book.params import check_params
+from probekit.errors import ProbekitError
 
 GOOD = {"model_id": "llava-organism", "dataset": "fashion-mnist", "data_root": None, "n_per_class": 5,
         "variants": "paper-a", "device": "cpu", "dtype": "float32", "cache_dir": None, "seed": 0}

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from probekit import chapters, plots
-from probekit.papers.a_stages.stages import segment_results
 from probekit.book.widgets import Explorer
+from probekit.papers.a_stages.stages import segment_results
 
 
 @pytest.fixture(scope="module")

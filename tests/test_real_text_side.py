@@ -17,10 +17,16 @@ import pandas as pd
 import pytest
 import torch
 
-from probekit.papers.a_stages.chapter import decision_variants
 from probekit.models import load_model
+from probekit.models.standins import (
+    LLAMA3_SPECIALS,
+    QWEN_IDS,
+    llama3_llava_next_standin,
+    llava15_standin,
+    qwen2vl_standin,
+)
+from probekit.papers.a_stages.chapter import decision_variants
 from probekit.prompts import paper_a_variants
-from probekit.models.standins import LLAMA3_SPECIALS, QWEN_IDS, llama3_llava_next_standin, llava15_standin, qwen2vl_standin
 from probekit.store import ActivationStore
 
 ex = importlib.import_module("probekit.extract.hidden")

@@ -4,7 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probekit.papers.a_stages.stages import PRE_STAGE, STAGES, StageParams, normalized_depth, segment, segment_results
+from probekit.papers.a_stages.stages import (
+    PRE_STAGE,
+    STAGES,
+    StageParams,
+    normalized_depth,
+    segment,
+    segment_results,
+)
 
 CHANCE = 0.1
 

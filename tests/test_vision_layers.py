@@ -1,10 +1,14 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import FAMILIES
+
 from probekit.errors import ProbekitError
-from probekit.papers.c_layer_selection.analysis import group_layers, layer_similarity, vision_states
+from probekit.papers.c_layer_selection.analysis import (
+    group_layers,
+    layer_similarity,
+    vision_states,
+)
 
 
 def planted(sizes, within=0.9, between=0.3, noise=0.02, seed=0):
@@ -63,8 +67,13 @@ def test_lrs_on_every_supported_class(family, tiny_models, fashion):
 
 from PIL import Image  # noqa: E402
 
-from probekit.papers.c_layer_selection.analysis import (extract_vision_features, grid_pool, patch_positions, probe_layers,  # noqa: E402
-                                    representative_layers)
+from probekit.papers.c_layer_selection.analysis import (  # noqa: E402
+    extract_vision_features,
+    grid_pool,
+    patch_positions,
+    probe_layers,
+    representative_layers,
+)
 from probekit.papers.c_layer_selection.tasks import cell_boxes  # noqa: E402
 
 
@@ -99,8 +108,8 @@ def test_patch_positions_match_the_image(family, tiny_models):
 def test_qwen2_5_window_order_is_undone(tmp_path):
     """At 112 px Qwen2.5-VL's tower splits the patches into 4 attention windows and permutes them; the
     adapter's states must come back in the processor's order, or the spatial grid would be scrambled."""
-    from probekit.models.build import build_tiny
     from probekit.models import load_model
+    from probekit.models.build import build_tiny
     from probekit.models.qwen2_vl import Qwen2VLAdapter
 
     d = build_tiny("qwen2_5_vl", tmp_path / "q25", seed=0, text_layers=1, image_size=112, patch_size=7)

@@ -3,10 +3,18 @@
 import numpy as np
 import pytest
 
+from probekit.data import digits_split
 from probekit.errors import ProbekitError
-from probekit.organisms.tasks import digits_split
-from probekit.papers.c_layer_selection.tasks import (TASKS, build_tasks, cell_boxes, count_task, item_side, model_image_size,
-                                   position_task, reading_task)
+from probekit.papers.c_layer_selection.tasks import (
+    TASKS,
+    build_tasks,
+    cell_boxes,
+    count_task,
+    item_side,
+    model_image_size,
+    position_task,
+    reading_task,
+)
 
 
 def ink_cells(img, size, grid):

@@ -141,7 +141,9 @@ def _extract(a) -> int:
     data = get_dataset(a.dataset, a.data_root, n_per_class=a.n_per_class, seed=a.seed, concept=a.concept,
                        negation=a.negation)
     variants = load_variants(a.variants, concept=data.concept, negation=data.negation, families=a.families)
-    from .extract import extract  # torch, transformers: after the dataset and variant errors, which need neither
+    from .extract import (
+        extract,  # torch, transformers: after the dataset and variant errors, which need neither
+    )
     from .models import load_model
 
     lm = load_model(a.model, dtype=a.dtype, device=a.device, revision=a.revision, device_map=a.device_map)
@@ -175,7 +177,7 @@ def _probe(a) -> int:
 def _train_organism(a) -> int:
     import json
 
-    from .organisms import train_all, train_organism
+    from .organisms.train import train_all, train_organism
     from .organisms.smol_llava import NAME as SMOL
 
     if a.name == SMOL:

@@ -7,6 +7,14 @@
 - :mod:`.runtime`: what they share (eval mode without gradients, inputs on the model's device, collation).
 """
 
-from .hidden import READOUT, SharedPrefix, answer_plan, extract, forward_batch, forward_shared, shared_prefix
+from .hidden import (
+    READOUT,
+    SharedPrefix,
+    answer_plan,
+    extract,
+    forward_batch,
+    forward_shared,
+    shared_prefix,
+)
 
 __all__ = ["READOUT", "SharedPrefix", "answer_plan", "extract", "forward_batch", "forward_shared", "shared_prefix"]

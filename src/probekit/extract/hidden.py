@@ -39,10 +39,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..compat import cache_kwargs, output_cache
 from ..data import ImageDataset
 from ..errors import ProbekitError, PromptError
 from ..models import LoadedModel
-from ..compat import cache_kwargs, output_cache
 from ..prompts import AnswerForms, Variant, answer_forms, check_position, template
 from ..store import ActivationStore
 from .runtime import collate, no_grad_eval, to_device

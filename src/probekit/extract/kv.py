@@ -39,10 +39,10 @@ from tqdm.auto import tqdm
 
 from ..compat import output_cache
 from ..errors import DataError, ProbekitError, StoreError
-from ..prompts import template
-from .runtime import no_grad_eval, to_device
 from ..models import LoadedModel
+from ..prompts import template
 from ..store import ActivationStore, key_sha256
+from .runtime import no_grad_eval, to_device
 
 KV_VERSION = 1  # bump when what extract_image_tokens stores changes (part of the cache key)
 QUANTITIES = ("keys", "values", "hidden", "vision")

@@ -113,8 +113,11 @@ def resolve_model_path(model_id: str) -> str:
     p = Path(model_id).expanduser()
     if p.is_dir():
         return str(p)
-    from ..organisms import ORGANISMS, organism_path  # organisms register by name
-    from ..organisms import smol_llava
+    from ..organisms import (  # organisms register by name
+        ORGANISMS,
+        organism_path,
+        smol_llava,
+    )
 
     if model_id == smol_llava.NAME:  # rebuilt from the two installed wheels + the shipped projector, cached
         if not smol_llava.PROJECTOR_FILE.is_file():

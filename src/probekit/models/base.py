@@ -45,7 +45,7 @@ class Adapter:
         ``hidden_states``), with CLS/register tokens dropped. Default: a ViT called on ``pixel_values``
         ``[B, 3, H, W]`` (CLIP, SigLIP, DINOv2)."""
         pv = image_inputs["pixel_values"]
-        return _vit_states(model.model.vision_tower, pv)
+        return vit_states(model.model.vision_tower, pv)
 
     # ---- paper B: the LM's image tokens, their vision-side counterparts and their place in the image ----------
 
@@ -75,7 +75,7 @@ class Adapter:
         return (rows, cols), out
 
 
-def _vit_states(tower, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+def vit_states(tower, pixel_values: torch.Tensor) -> list[torch.Tensor]:
     dtype = next(tower.parameters()).dtype
     out = tower(pixel_values.to(dtype), output_hidden_states=True)
     hs = torch.stack(out.hidden_states, dim=1)  # [B, V+1, T, d]

@@ -6,7 +6,7 @@ image's aspect ratio, so prompts of one batch can differ in length (right paddin
 
 import torch
 
-from .base import Adapter, _vit_states
+from .base import Adapter, vit_states
 
 
 class LlavaNextAdapter(Adapter):
@@ -15,13 +15,15 @@ class LlavaNextAdapter(Adapter):
 
     def vision_hidden_states(self, model, image_inputs):
         """All real tiles of an image (base view first), their patch tokens concatenated."""
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+        from transformers.models.llava_next.modeling_llava_next import (
+            image_size_to_num_patches,
+        )
 
         cfg = model.config
         out = []
         for pv, size in zip(image_inputs["pixel_values"], image_inputs["image_sizes"]):
             n = image_size_to_num_patches(size.tolist(), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
-            tiles = _vit_states(model.model.vision_tower, pv[:n])  # n x [V+1, T, d]
+            tiles = vit_states(model.model.vision_tower, pv[:n])  # n x [V+1, T, d]
             out.append(torch.cat(tiles, dim=1))
         return out
 
@@ -29,7 +31,9 @@ class LlavaNextAdapter(Adapter):
     def _pack(self, model, per_tile: torch.Tensor, image_inputs: dict, fill: float) -> list[torch.Tensor]:
         """``per_tile`` [all real tiles, T_tile, c] packed as the model packs the projector's output (base view
         first, then the unpadded high-resolution grid with a row-end newline token filled with ``fill``)."""
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+        from transformers.models.llava_next.modeling_llava_next import (
+            image_size_to_num_patches,
+        )
 
         cfg = model.config
         sizes = image_inputs["image_sizes"]
@@ -67,7 +71,9 @@ class LlavaNextAdapter(Adapter):
         return (side, side), out
 
     def _tiles(self, model, image_inputs) -> list[int]:
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+        from transformers.models.llava_next.modeling_llava_next import (
+            image_size_to_num_patches,
+        )
 
         cfg = model.config
         return [image_size_to_num_patches(s.tolist(), cfg.image_grid_pinpoints, cfg.vision_config.image_size)

@@ -90,7 +90,17 @@ def llama2_style_tokenizer(texts=None, *, vocab_size: int = 1200):
     punctuation never share a piece, digits are always single pieces (split_digits), every byte has a ``<0xNN>``
     piece, newlines are bytes (``<0x0A>``), and ``▁▁`` is the first merge. Ids: ``<unk>``=0, ``<s>``=1,
     ``</s>``=2, bytes 3..258, ``▁▁``=259, then the trained pieces, as in Llama-2."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     texts = [t.replace("\n", " ") for t in (texts or _training_texts())]  # "\n" stays a byte, as in Llama-2
     train = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
@@ -258,7 +268,16 @@ def llama3_style_tokenizer(texts=None, *, vocab_size: int = 1500):
     """A ``tokenizers.Tokenizer`` shaped like Llama-3's ``tokenizer.json``: byte-level BPE (tiktoken-style,
     ``ignore_merges``) behind Llama-3's split regex, ByteLevel decoder, ``<|begin_of_text|>`` added in front, the
     256 special tokens after the vocabulary; the vocabulary is trained here on the stand-in corpus."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     pre = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),

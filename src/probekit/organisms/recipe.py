@@ -29,9 +29,10 @@ from PIL import Image
 from ..models import build
 from ..prompts import messages_for
 from . import corpus as corpus_mod
-from .spec import Recipe  # defined without torch in spec.py (for the registry); still importable from here
+from .spec import (
+    Recipe,  # defined without torch in spec.py (for the registry); still importable from here
+)
 from .tasks import image_pools, sample_batch
-
 
 # ----------------------------------------------------------------------------------------------- parts
 

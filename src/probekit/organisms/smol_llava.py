@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError
-from . import sha256_file as _sha256
+from .card import sha256_file as _sha256
 
 NAME = "smol-llava"
 BUILD_VERSION = 1  # bump when the assembly changes (invalidates cached builds)
@@ -768,7 +768,7 @@ def fingerprint(model, processor) -> dict:
     import torch
     from PIL import Image
 
-    from ..data import load_fashion_mnist_arrays
+    from ..data.sets import load_fashion_mnist_arrays
     from ..prompts import messages_for, paper_a_variants
 
     x, _ = load_fashion_mnist_arrays(split="test")
@@ -817,7 +817,7 @@ def _weights_note(seg: dict) -> str:
 def write_card(report: dict, checks: dict | None = None, build_seconds: float | None = None,
                path: Path | None = None) -> Path:
     """The model card ``shipped/smol-llava/README.md`` from the training report (+ conversion checks)."""
-    from . import load_note
+    from .card import load_note
 
     path = Path(path or SHIPPED / "README.md")
     size = PROJECTOR_FILE.stat().st_size if PROJECTOR_FILE.is_file() else 0

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import DIGIT_CLASSES, FASHION_MNIST_CLASSES, load_digits_arrays, load_fashion_mnist_arrays
+from ..data.sets import (
+    DIGIT_CLASSES,
+    FASHION_MNIST_CLASSES,
+    load_digits_arrays,
+    load_fashion_mnist_arrays,
+)
+from ..data.splits import HELDOUT_SPLITS, digits_split, heldout_split
 from .corpus import class_phrases
 
 DOMAINS = ("fashion", "digits")
@@ -120,36 +126,6 @@ class ImagePool:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, held-out) of scikit-learn's digits: a fixed 2/3 : 1/3 split, stratified."""
-    _, y = load_digits_arrays()
-    rng = np.random.default_rng(seed + 12345)
-    train, test = [], []
-    for c in range(10):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        k = len(idx) // 3
-        test += idx[:k].tolist()
-        train += idx[k:].tolist()
-    return np.sort(train), np.sort(test)
-
-
-HELDOUT_SPLITS = ("dev", "test")
-
-
-def heldout_split(labels: np.ndarray, split: str, seed: int = 0) -> np.ndarray:
-    """Positions of ``split`` ('dev' or 'test') among held-out images with these ``labels``: per class a seeded
-    permutation, its first half dev, the rest test (so the two never share an image)."""
-    if split not in HELDOUT_SPLITS:
-        raise ValueError(f"held-out split must be one of {HELDOUT_SPLITS}, got {split!r}")
-    rng = np.random.default_rng(seed + 4242)
-    keep = []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        half = len(idx) // 2
-        keep += (idx[:half] if split == "dev" else idx[half:]).tolist()
-    return np.sort(np.asarray(keep, dtype=np.int64))
 
 
 def image_pools(split: str, fashion_limit: int | None = None, seed: int = 0) -> dict[str, ImagePool]:

@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 
 from ...book.context import ChapterRun, load, model_list, parameters_table, record, slug  # noqa: F401 (re-exported for the notebooks)
-from ...data import ImageDataset, get_dataset
+from ...data import ImageDataset, get_dataset, two_domain_dataset  # noqa: F401 (chapter 3 calls it)
 from ...extract import READOUT, extract
-from ...models import LoadedModel, load_model
+from ...models import LoadedModel
 from ...probes import LayerProbes, probe_store, split_items
-from ...stats import bootstrap_ci
 from ...prompts import Variant, decision_variants, load_variants, template
-from .stages import STAGES, Segmentation, StageParams, normalized_depth, segment_results
+from ...stats import bootstrap_ci
 from ...store import ActivationStore, key_sha256
+from .stages import STAGES, Segmentation, StageParams, normalized_depth, segment_results
 
 DEFAULT_CACHE = Path(".cache") / "probekit"
 
@@ -247,44 +247,6 @@ def best_layers(results: pd.DataFrame) -> pd.DataFrame:
 # ---- chapter 03: decision vs output format ---------------------------------------------------------------
 
 FORMAT_FAMILIES = {"yes/no": ("anchor", "negation"), "1/0": ("one_zero", "negation_one_zero")}
-
-
-def two_domain_dataset(dataset: str = "fashion-mnist", data_root: str | None = None, n_per_class: int | None = 50,
-                       seed: int = 0, contrast: str = "digits") -> ImageDataset:
-    """Images of the concept (``dataset``) and of the negation (``contrast``), so the correct answer to
-    "Does this image show <concept>?" is yes for some images and no for others.
-
-    The contrast digits are the organisms' held-out third (:func:`probekit.organisms.tasks.digits_split`).
-    """
-    from ...data import array_images, load_digits_arrays
-
-    main = get_dataset(dataset, data_root, n_per_class=n_per_class, seed=seed)
-    if contrast == "digits":
-        from ...organisms.tasks import digits_split
-
-        x, y = load_digits_arrays()
-        _, held = digits_split()
-        other = ImageDataset("digits/held-out", list(main_digit_classes()), [(str(i), int(y[i])) for i in held],
-                             array_images(x), "a handwritten digit", "a fashion item", "sklearn digits held-out third")
-        other = other.subset(n_per_class, seed)
-    else:
-        other = get_dataset(contrast, None, n_per_class=n_per_class, seed=seed)
-    k = len(main.classes)
-    items = [("a:" + i, y) for i, y in main.items] + [("b:" + i, y + k) for i, y in other.items]
-    loaders = {"a": main.loader, "b": other.loader}
-    ds = ImageDataset(
-        name=f"{main.name}+{other.name}", classes=list(main.classes) + list(other.classes), items=items,
-        loader=lambda i: loaders[i[0]](i[2:]), concept=main.concept, negation=main.negation,
-        source=f"{main.source} + {other.source}",
-    )
-    ds.domain_split = k  # labels < k show the concept
-    return ds
-
-
-def main_digit_classes():
-    from ...data import DIGIT_CLASSES
-
-    return DIGIT_CLASSES
 
 
 def decision_behaviour(run: Run) -> pd.DataFrame:

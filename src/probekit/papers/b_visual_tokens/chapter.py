@@ -33,13 +33,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import analysis as vt
+from ...book.context import ChapterRun, load, slug
 from ...errors import ProbekitError, StoreError
-from ...extract.kv import KV_VERSION, extract_image_tokens, image_states, text_states, token_grid
+from ...extract.kv import (
+    KV_VERSION,
+    extract_image_tokens,
+    image_states,
+    text_states,
+    token_grid,
+)
 from ...models import LoadedModel
 from ...store import ActivationStore, key_sha256
-from ...book.context import ChapterRun, load, slug
 from ..c_layer_selection.tasks import VisionTask, class_task, model_image_size
+from . import analysis as vt
 
 RECORD_NAME = "visual_tokens"
 VIEWS = ("original", "flip", "shift")

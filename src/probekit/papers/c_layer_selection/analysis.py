@@ -127,7 +127,9 @@ def patch_positions(lm: LoadedModel, image_inputs: dict) -> list[np.ndarray]:
     rr, cc = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
     base = np.stack([(rr.ravel() + 0.5) / gh, (cc.ravel() + 0.5) / gw], 1)
     if fam == "llava_next":
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+        from transformers.models.llava_next.modeling_llava_next import (
+            image_size_to_num_patches,
+        )
 
         cfg = lm.model.config
         out = []

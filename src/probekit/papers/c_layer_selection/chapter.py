@@ -25,13 +25,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...errors import ProbekitError
-from ...models import LoadedModel, load_model
 from ...book.context import ChapterRun, load, slug
-from ...store import key_sha256
+from ...errors import ProbekitError
+from ...models import LoadedModel
 from ...stats import paired_difference
-from .analysis import (VisionFeatures, extract_vision_features, group_layers, group_names, layer_group,
-                            probe_layers, representative_layers)
+from ...store import key_sha256
+from .analysis import (
+    VisionFeatures,
+    extract_vision_features,
+    group_layers,
+    group_names,
+    layer_group,
+    probe_layers,
+    representative_layers,
+)
 from .tasks import TASK_TITLES, TASKS, VisionTask, build_tasks, model_image_size
 
 FEATURE_VERSION = 1  # bump when the features' definition changes (part of the cache key)

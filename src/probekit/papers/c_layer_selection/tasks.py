@@ -9,7 +9,7 @@ types in miniature: fine-grained class, counting, position, reading).
 Every task is a :class:`VisionTask`: square grayscale canvases ``[n, S, S]`` (uint8, black background, as
 Fashion-MNIST), labels, class names and, for the composed tasks, the occupied grid cells. All images come
 from data the organisms never trained on: the Fashion-MNIST **test** split and the held-out third of
-scikit-learn's digits (:func:`probekit.organisms.tasks.digits_split`).
+scikit-learn's digits (:func:`probekit.data.digits_split`).
 
 - ``class``: a Fashion-MNIST test image resized to S x S; label = its class (10 classes).
 - ``count``: a ``count_grid`` x ``count_grid`` grid of cells (default 3 x 3); k = 1..``max_count`` (default 6)
@@ -33,7 +33,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ...data import DIGIT_CLASSES, FASHION_MNIST_CLASSES, load_digits_arrays, load_fashion_mnist_arrays
+from ...data.sets import (
+    DIGIT_CLASSES,
+    FASHION_MNIST_CLASSES,
+    load_digits_arrays,
+    load_fashion_mnist_arrays,
+)
 from ...errors import ProbekitError
 
 TASKS = ("class", "count", "position", "reading")
@@ -226,7 +231,7 @@ def position_task(size: int, n_per_class: int = 100, seed: int = 0, *, grid: int
 
 def reading_task(size: int, n_per_class: int | None = 100, seed: int = 0) -> VisionTask:
     """Held-out handwritten digits (never trained on by the organisms) upscaled to ``size``; label = digit."""
-    from ...organisms.tasks import digits_split
+    from ...data import digits_split
 
     dx, dy = load_digits_arrays()
     _, held = digits_split()

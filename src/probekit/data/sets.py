@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from ..errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -122,7 +122,7 @@ class ImageDataset:
 
     def identity(self) -> dict:
         """What identifies this data for caching: name, source, and a hash of (ids, labels, classes)."""
-        from .store import key_sha256
+        from ..store import key_sha256
 
         h = key_sha256([self.classes, self.items])
         return {"name": self.name, "source": self.source, "n": len(self), "items_sha256": h}
