@@ -174,3 +174,15 @@ def test_device_map_auto_gives_the_same_states_and_answers(family, tiny_dirs, ti
 def test_an_unknown_device_map_is_one_clear_error(tiny_dirs):
     with pytest.raises(ModelLoadError, match="unknown device_map 'balanced'"):
         load_model(str(tiny_dirs["llava"]), device_map="balanced")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_identify_says_what_the_loaded_model_says_without_loading_it(family, tiny_dirs, tiny_models, monkeypatch):
+    import transformers
+
+    from probekit.models import identify
+
+    want = tiny_models[family].identity()
+    cls = getattr(transformers, ARCHITECTURES[family])
+    monkeypatch.setattr(cls, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("identify built a model")))
+    assert identify(str(tiny_dirs[family]), dtype="float32", device="cpu") == {**want, "model_id": str(tiny_dirs[family])}

@@ -289,6 +289,27 @@ def load_model(model_id: str, *, dtype: str | torch.dtype = "auto", device: str 
     )
 
 
+def identify(model_id: str, *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+             revision: str | None = None) -> dict:
+    """What :meth:`LoadedModel.identity` would say of ``load_model(model_id, dtype=..., device=...)``, read from the
+    config and the weight files without building the model: how a chapter finds its cached store without loading
+    anything (the weights are hashed, not loaded; a hub id reads its config from the hub's local cache)."""
+    import transformers
+    from transformers import AutoConfig
+
+    path = resolve_model_path(str(model_id))
+    local = Path(path).is_dir()
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the config of {model_id!r}: {str(e).splitlines()[0]}") from None
+    arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    torch_dtype = resolve_dtype(dtype, resolve_device(device))
+    return {"model_id": str(model_id), "revision": None if local else (getattr(config, "_commit_hash", None) or revision),
+            "weights_sha256": weights_sha256(path) if local else None, "architecture": arch,
+            "transformers": transformers.__version__, "dtype": str(torch_dtype).removeprefix("torch.")}
+
+
 def wrap(model, processor, model_id: str = "in-memory model") -> LoadedModel:
     """A model and processor held in memory (e.g. during training) as a :class:`LoadedModel`, so extraction and
     evaluation read it exactly as a loaded checkpoint (no weights hash: nothing on disk identifies it)."""
@@ -322,5 +343,5 @@ def check_processor(processor, model_id: str) -> None:
         )
 
 
-__all__ = ["ADAPTERS", "SUPPORTED", "LoadedModel", "input_device", "load_model", "model_bytes", "placement",
+__all__ = ["ADAPTERS", "SUPPORTED", "LoadedModel", "identify", "input_device", "load_model", "model_bytes", "placement",
            "resolve_device", "resolve_dtype", "weights_sha256", "wrap"]
