@@ -1,7 +1,7 @@
 """Chapter helpers that need no model: which organisms form paper A's controlled pairs."""
 
 from probekit.organisms import ORGANISMS
-from probekit.papers.a_stages.chapter import controlled_pairs
+from probekit.papers.a_stages.analysis import controlled_pairs
 
 
 def test_controlled_pairs_cover_each_factor_once_against_the_base():

@@ -106,7 +106,7 @@ def test_training_wordings_hold_out_every_probe_prompt():
     probe questions, for any concept, or one of their instruction sentences; the lexical edits stay learnable."""
     from probekit.organisms.corpus import task_text
     from probekit.organisms.tasks import probe_wordings, training_templates
-    from probekit.papers.a_stages.chapter import decision_variants
+    from probekit.prompts import decision_variants
 
     questions, instructions = probe_wordings()
     assert questions == ("Does this image feature {thing}?", "Does this image show {thing}?",

@@ -4,16 +4,17 @@ import json
 
 import pytest
 
-from probekit import chapters, plots
+from probekit.book import plots
 from probekit.book.widgets import Explorer
+from probekit.papers.a_stages import analysis, chapter, charts
 from probekit.papers.a_stages.stages import segment_results
 
 
 @pytest.fixture(scope="module")
 def probed(tiny_dirs, fashion, tmp_path_factory):
-    run = chapters.run(str(tiny_dirs["llava"]), n_per_class=3, cache_dir=tmp_path_factory.mktemp("c"), seed=0,
+    run = chapter.run(str(tiny_dirs["llava"]), n_per_class=3, cache_dir=tmp_path_factory.mktemp("c"), seed=0,
                        data=fashion)
-    res = chapters.probe(run, n_boot=50)
+    res = analysis.probe(run, n_boot=50)
     return run, res
 
 
@@ -24,7 +25,7 @@ def test_accuracy_chart_caption_and_interactivity(probed):
     cap = run.caption()
     for token in ("Model: ", str(run.model_id), "n = ", "seed = 0", "fashion-mnist"):
         assert token in cap
-    spec = plots.accuracy_chart(res, bands=seg.bands(), cap=cap).to_dict()
+    spec = charts.accuracy_chart(res, bands=seg.bands(), cap=cap).to_dict()
     assert spec["usermeta"]["caption"] == cap
     assert spec["title"]["subtitle"] == [cap]
     s = json.dumps(spec)

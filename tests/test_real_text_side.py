@@ -25,7 +25,7 @@ from probekit.models.standins import (
     llava15_standin,
     qwen2vl_standin,
 )
-from probekit.papers.a_stages.chapter import decision_variants
+from probekit.prompts import decision_variants
 from probekit.prompts import paper_a_variants
 from probekit.store import ActivationStore
 

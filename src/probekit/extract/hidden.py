@@ -266,6 +266,15 @@ def forward_shared(lm: LoadedModel, images: Sequence, plan: SharedPrefix, *, pos
     return {k: torch.stack(v) for k, v in res.items() if v[0] is not None}
 
 
+def seen_by_model(lm: LoadedModel, prompts: dict[str, str], image) -> dict:
+    """What the analysis shows of the model's view without loading it again: the image tokens of one image and
+    each prompt's probed (last) token as the tokenizer writes it."""
+    first = next(iter(prompts.values()))
+    ids = lm.processor(text=[first], images=[image], return_tensors="pt")["input_ids"]
+    return {"image_tokens": int((ids == lm.image_token_id).sum()),
+            "probed_tokens": {v: (lm.tokenizer.tokenize(p) or [""])[-1] for v, p in prompts.items()}}
+
+
 def extract(lm: LoadedModel, dataset: ImageDataset, variants: Sequence[Variant], out, *, position: str = "last",
             batch_size: int = 8, storage_dtype: str = "float32", shard_size: int = 64, progress: bool = True,
             prefix: str | None = None, reuse_prefix: bool = True, batch_variants: bool = False) -> ActivationStore:
@@ -307,7 +316,8 @@ def extract(lm: LoadedModel, dataset: ImageDataset, variants: Sequence[Variant],
         classes=dataset.classes, n_layers=lm.num_layers + 1, hidden_size=lm.hidden_size,
         storage_dtype=storage_dtype, shard_size=shard_size,
         extra={"device": str(lm.device), "device_map": "auto" if lm.info.get("device_map") else None,
-               "model_path": lm.path, "prefix": prefix, "reuse_prefix": reuse_prefix, "batch_variants": batch_variants},
+               "model_path": lm.path, "prefix": prefix, "reuse_prefix": reuse_prefix, "batch_variants": batch_variants,
+               **seen_by_model(lm, prompts, dataset[0][0])},
     )
     todo = store.missing_shards()
     ranges = store.shard_ranges()

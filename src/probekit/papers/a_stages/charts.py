@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import altair as alt
 import pandas as pd
 
-from ...book.plots import HEIGHT, WIDTH, finish, legend_selection
+from ...book.plots import HEIGHT, WIDTH, caption, finish, legend_selection
 
 STAGE_COLORS = {"before grounding": "#bbbbbb", "visual grounding": "#4c78a8", "lexical integration": "#f58518",
                 "semantic reasoning": "#54a24b", "answer decoding": "#b279a2"}
@@ -219,6 +219,17 @@ def explorer_chart(table: pd.DataFrame, *, cap: str, layers: Sequence[int], fami
     ).properties(width=260, height=260)
     chart = alt.hconcat(per_class, conf)
     return finish(chart, title, cap)
+
+
+def pair_charts(comp, *, seed: int, data_label: str, n: int):
+    """One normalized-depth chart per controlled pair (anchor and every variant of both models)."""
+    out = []
+    for _, p in comp.pairs.iterrows():
+        d = comp.curves[comp.curves.model.isin([p.model, p.reference]) & (comp.curves.variant == "anchor")]
+        cap = caption(model=f"{p.model} vs {p.reference}", data=data_label, n=f"{n} images per model", seed=seed,
+                      extra=f"factor: {p.factor}{'' if p.controlled else ' (not a controlled pair)'}")
+        out.append(depth_chart(d, cap=cap, normalized=True, title=f"{p.factor}: {p.model} vs {p.reference}"))
+    return out
 
 
 __all__ = ["STAGE_COLORS", "accuracy_chart", "answers_chart", "depth_chart", "explorer_chart", "sensitivity_chart",
