@@ -246,7 +246,7 @@ def test_phase_one_is_the_same_bits_for_organisms_that_differ_later_and_restores
         model, proc = R.build_untrained(rec, tok)
         rep = R.cached_phase_vision(model, proc, rec, image_pools("train", fashion_limit=200), rng, lambda *a: None,
                                     cache)
-        tower = {f"{i}.{k}": v.clone() for i, m in enumerate(R._parts(model)["vision"]) for k, v in m.state_dict().items()}
+        tower = {f"{i}.{k}": v.clone() for i, m in enumerate(R.parts(model)["vision"]) for k, v in m.state_dict().items()}
         return tower, rng.bit_generator.state, torch.get_rng_state(), rep
 
     base = after_phase_one("llava-organism", None)

@@ -47,6 +47,19 @@ class Adapter:
         pv = image_inputs["pixel_values"]
         return vit_states(model.model.vision_tower, pv)
 
+    # ---- training an organism: which modules play which role ------------------------------------------------
+
+    def training_parts(self, model) -> dict[str, list[torch.nn.Module]]:
+        """The modules of each training role: ``vision`` (the tower), ``projector`` and ``decoder`` (the language
+        model and its output head). LLaVA: vision_tower / multi_modal_projector."""
+        inner = model.model
+        return {"vision": [inner.vision_tower], "projector": [inner.multi_modal_projector],
+                "decoder": [inner.language_model, model.lm_head]}
+
+    def pooled_vision_features(self, model, image_inputs: dict) -> torch.Tensor:
+        """One vector per image from the vision tower's last block (CLIP: its pooled CLS output)."""
+        return model.model.vision_tower(pixel_values=image_inputs["pixel_values"]).pooler_output
+
     # ---- paper B: the LM's image tokens, their vision-side counterparts and their place in the image ----------
 
     def projector(self, model) -> torch.nn.Module:

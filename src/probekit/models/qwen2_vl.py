@@ -29,6 +29,18 @@ class Qwen2VLAdapter(Adapter):
                                             attention_mask=torch.ones_like(ids))
         return pos[..., prefix.shape[1]:]
 
+    def training_parts(self, model):
+        """Qwen2-VL's tower without its patch merger is the vision part; the merger is the projector."""
+        inner = model.model
+        return {"vision": [inner.visual.patch_embed, inner.visual.blocks], "projector": [inner.visual.merger],
+                "decoder": [inner.language_model, model.lm_head]}
+
+    def pooled_vision_features(self, model, image_inputs):
+        """The mean of each image's merged patch tokens (no CLS token)."""
+        thw = image_inputs["image_grid_thw"]
+        h = model.model.visual(image_inputs["pixel_values"], grid_thw=thw).last_hidden_state
+        return torch.stack([c.mean(0) for c in torch.split(h, thw.prod(-1).tolist())])
+
     def projector(self, model):
         """The patch merger: it takes the last vision block's output (``spatial_merge_size``² patches per image
         token)."""

@@ -36,25 +36,24 @@ from .tasks import image_pools, sample_batch
 
 # ----------------------------------------------------------------------------------------------- parts
 
-def _parts(model) -> dict[str, list[torch.nn.Module]]:
-    """The modules of each role, found structurally (llava: vision_tower / multi_modal_projector;
-    qwen2_vl: visual minus merger / visual.merger)."""
-    inner = model.model
-    if hasattr(inner, "vision_tower"):
-        vision, projector = [inner.vision_tower], [inner.multi_modal_projector]
-    else:
-        vision = [inner.visual.patch_embed, inner.visual.blocks]
-        projector = [inner.visual.merger]
-    return {"vision": vision, "projector": projector, "decoder": [inner.language_model, model.lm_head]}
+def _adapter(model):
+    from ..models import ADAPTERS
+
+    return ADAPTERS[type(model).__name__]
+
+
+def parts(model) -> dict[str, list[torch.nn.Module]]:
+    """The modules of each training role (the family's adapter knows them: ``training_parts``)."""
+    return _adapter(model).training_parts(model)
 
 
 def _trainable(model, roles: tuple[str, ...]) -> list[torch.nn.Parameter]:
     for p in model.parameters():
         p.requires_grad_(False)
     params = []
-    parts = _parts(model)
+    by_role = parts(model)
     for role in roles:
-        for m in parts[role]:
+        for m in by_role[role]:
             for p in m.parameters():
                 p.requires_grad_(True)
                 params.append(p)
@@ -139,7 +138,9 @@ def encode(chat: Chat, pils, questions, answers=None) -> dict:
 
 # ---------------------------------------------------------------------------------------------- phases
 
-def _optimize(name, params, steps, lr, loss_fn: Callable[[int], torch.Tensor], log, every=25) -> dict:
+def optimize(name, params, steps, lr, loss_fn: Callable[[int], torch.Tensor], log, every=25) -> dict:
+    """AdamW over ``params`` for ``steps`` steps of ``loss_fn(step)`` (linear warm-up over 5 %, then cosine decay to
+    10 % of ``lr``; gradients clipped at norm 1), logging every ``every`` steps; returns the phase's stats."""
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warm = max(1, steps // 20)
 
@@ -165,14 +166,9 @@ def _optimize(name, params, steps, lr, loss_fn: Callable[[int], torch.Tensor], l
             "loss_first": round(float(np.mean(losses[:k])), 4), "loss_last": round(float(np.mean(losses[-k:])), 4)}
 
 
-def _vision_features(model, inputs: dict) -> torch.Tensor:
-    """One pooled vector per image from the vision tower's last block (CLS for CLIP, mean for Qwen)."""
-    inner = model.model
-    if hasattr(inner, "vision_tower"):
-        return inner.vision_tower(pixel_values=inputs["pixel_values"]).pooler_output
-    thw = inputs["image_grid_thw"]
-    h = inner.visual(inputs["pixel_values"], grid_thw=thw).last_hidden_state
-    return torch.stack([c.mean(0) for c in torch.split(h, thw.prod(-1).tolist())])
+def vision_features(model, inputs: dict) -> torch.Tensor:
+    """One pooled vector per image from the vision tower's last block (the adapter's ``pooled_vision_features``)."""
+    return _adapter(model).pooled_vision_features(model, inputs)
 
 
 VISION_FIELDS = ("family", "seed", "vision_layers", "vision_hidden", "vision_heads", "vision_intermediate", "image_size",
@@ -196,7 +192,7 @@ def cached_phase_vision(model, processor, recipe: Recipe, pools, rng, log, cache
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(recipe.seed)  # the phase's own start: its head and result do not depend on the decoder's size
-    tower = _parts(model)["vision"]
+    tower = parts(model)["vision"]
     path = None if cache_dir is None else Path(cache_dir) / f"vision-{vision_cache_key(recipe)}"
     if path is not None and (path / "report.json").is_file():
         state = load_file(str(path / "tower.safetensors"))
@@ -222,7 +218,7 @@ def cached_phase_vision(model, processor, recipe: Recipe, pools, rng, log, cache
 
 def phase_vision(model, processor, recipe: Recipe, pools, rng, log) -> dict:
     params = _trainable(model, ("vision",))
-    width = _vision_features(model, dict(processor.image_processor(images=[_pil(pools, "fashion", 0)], return_tensors="pt"))).shape[-1]
+    width = vision_features(model, dict(processor.image_processor(images=[_pil(pools, "fashion", 0)], return_tensors="pt"))).shape[-1]
     head = torch.nn.Linear(width, 20)
     params = params + list(head.parameters())
 
@@ -231,9 +227,9 @@ def phase_vision(model, processor, recipe: Recipe, pools, rng, log) -> dict:
         pils = [_pil(pools, d, i) for d, i, _, _ in batch]
         y = torch.tensor([int(pools[d].labels[i]) + (10 if d == "digits" else 0) for d, i, _, _ in batch])
         inputs = dict(processor.image_processor(images=pils, return_tensors="pt"))
-        return torch.nn.functional.cross_entropy(head(_vision_features(model, inputs)), y)
+        return torch.nn.functional.cross_entropy(head(vision_features(model, inputs)), y)
 
-    return _optimize("vision", params, recipe.vision_steps, recipe.vision_lr, loss_fn, log)
+    return optimize("vision", params, recipe.vision_steps, recipe.vision_lr, loss_fn, log)
 
 
 def lm_token_stream(tokenizer, docs: list[str]) -> np.ndarray:
@@ -251,7 +247,7 @@ def phase_lm(model, tokenizer, recipe: Recipe, stream: np.ndarray, rng, log) -> 
         x = torch.tensor(np.stack([np.concatenate([[bos], stream[s:s + n]]) for s in starts]))
         return model(input_ids=x, labels=x).loss
 
-    return _optimize("lm", params, recipe.lm_steps, recipe.lm_lr, loss_fn, log)
+    return optimize("lm", params, recipe.lm_steps, recipe.lm_lr, loss_fn, log)
 
 
 def _phase_mm(name, model, chat, recipe, pools, rng, log, roles, steps, batch, lr, mix) -> dict:
@@ -262,7 +258,7 @@ def _phase_mm(name, model, chat, recipe, pools, rng, log, roles, steps, batch, l
         inputs = encode(chat, [_pil(pools, d, i) for d, i, _, _ in ex], [q for *_, q, _ in ex], [a for *_, a in ex])
         return model(**inputs).loss
 
-    return _optimize(name, params, steps, lr, loss_fn, log)
+    return optimize(name, params, steps, lr, loss_fn, log)
 
 
 # --------------------------------------------------------------------------------------------- train

@@ -576,7 +576,7 @@ def train_smol_llava(out_dir=None, *, seed: int = 0, steps: int = 300, batch: in
                 pils.append(pil(domain, k)), qs.append(q), ans.append(answer)
         return _answer_loss(model, encode(chat, pils[:batch], qs[:batch], ans[:batch]))
 
-    stats = recipe_mod._optimize("projector", params, steps, lr, loss_fn, log, every=10)
+    stats = recipe_mod.optimize("projector", params, steps, lr, loss_fn, log, every=10)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
