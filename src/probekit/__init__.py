@@ -9,6 +9,12 @@ The public API reads like the method of paper A (arXiv 2508.20279)::
     variants = paper_a_variants(data.concept, data.negation)  # anchor + lexical, negation, output format
     store = extract(lm, data, variants, "acts/llava15")        # resumable, cached by a key
     results = probe_store(store)                               # accuracy per (layer, variant) with CIs
+    seg = segment_results(results)                             # paper A's stages
+
+One entry per paper: ``probekit.paper_a`` (:mod:`probekit.papers.a_stages`), ``paper_b``
+(:mod:`probekit.papers.b_visual_tokens`), ``paper_c`` (:mod:`probekit.papers.c_layer_selection`); the folders are
+described in :mod:`probekit.papers`, the book's machinery in :mod:`probekit.book`, the organisms in
+:mod:`probekit.organisms`.
 
 Each name is imported from its submodule on first use, so ``import probekit`` (and ``probekit --help``) loads
 neither torch nor transformers; the exceptions of :mod:`probekit.errors` are imported at once.
@@ -29,10 +35,17 @@ _LAZY = {
     "LayerProbes": "probes", "bootstrap_ci": "stats", "probe_store": "probes",
     "Variant": "prompts", "load_variants": "prompts", "paper_a_variants": "prompts",
     "ActivationStore": "store",
+    "StageParams": "papers.a_stages.stages", "segment_results": "papers.a_stages.stages",
 }
+# One entry per paper: the paper's folder (a package), imported on first access.
+_PAPERS = {"paper_a": "papers.a_stages", "paper_b": "papers.b_visual_tokens", "paper_c": "papers.c_layer_selection"}
 
 
 def __getattr__(name: str):
+    if name in _PAPERS:
+        value = importlib.import_module(f".{_PAPERS[name]}", __name__)
+        globals()[name] = value
+        return value
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
@@ -41,7 +54,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, *_PAPERS})
 
 
 class _Package(types.ModuleType):
@@ -63,6 +76,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SUPPORTED", "ActivationStore", "DataError", "ImageDataset", "LayerProbes", "LoadedModel", "ModelLoadError",
-    "ProbekitError", "PromptError", "StoreError", "Variant", "__version__", "bootstrap_ci", "extract",
-    "get_dataset", "load_model", "load_variants", "paper_a_variants", "probe_store", "template",
+    "ProbekitError", "PromptError", "StageParams", "StoreError", "Variant", "__version__", "bootstrap_ci", "extract",
+    "get_dataset", "load_model", "load_variants", "paper_a", "paper_a_variants", "paper_b", "paper_c", "probe_store",
+    "segment_results", "template",
 ]
