@@ -180,10 +180,10 @@ def weights_sha256(path: str | Path) -> str:
     if changed:  # rewrite, dropping entries of files that are gone or changed (temporary checkpoints)
         cache = {k: v for k, v in cache.items() if _still_there(k)}
         try:
+            from ..store import atomic_write_bytes
+
             _HASH_CACHE.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _HASH_CACHE.with_name(f".{_HASH_CACHE.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, _HASH_CACHE)
+            atomic_write_bytes(_HASH_CACHE, json.dumps(cache).encode())
         except OSError:
             pass
     return h.hexdigest()
