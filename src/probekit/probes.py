@@ -278,7 +278,8 @@ def probe_store(store, *, train_variant: str = "anchor", test_size: float = 0.3,
     the held-out images. Returns a DataFrame with one row per (layer, variant): ``layer, variant, family,
     accuracy, ci_low, ci_high, control_accuracy, chance, n_train, n_test``. ``control_accuracy`` is the
     same probe fitted on shuffled training labels and scored on that variant (it should sit at chance).
-    The fitted probes are in ``df.attrs["probes"]``.
+    The fitted probes are in ``df.attrs["probes"]``; ``df.attrs["correct"]`` holds, per variant, the per-image
+    correctness ``[n_test, L+1]`` (the same held-out images for every variant: what paired statistics resample).
     """
     import pandas as pd
 
@@ -291,16 +292,25 @@ def probe_store(store, *, train_variant: str = "anchor", test_size: float = 0.3,
         y_shuf = np.random.default_rng(seed + 1).permutation(y[tr])
         ctrl = LayerProbes(C=C, seed=seed).fit(X_train, y_shuf)
     fam = {v.name: v.family for v in store.variants}
-    rows = []
+    rows, per_image, per_image_ctrl = [], {}, {}
     for name in variants or store.variant_names:
         X_test = check_features(store.features(name)[te], f"variant {name!r}")
         correct = probes.predict(X_test) == y[te][:, None]
+        per_image[name] = correct
         acc, lo, hi = bootstrap_ci(correct, n_boot=n_boot, seed=seed)
-        ctrl_acc = ctrl.score(X_test, y[te]) if ctrl is not None else np.full(len(acc), np.nan)
+        if ctrl is not None:
+            per_image_ctrl[name] = ctrl.predict(X_test) == y[te][:, None]
+            ctrl_acc = per_image_ctrl[name].mean(axis=0)
+        else:
+            ctrl_acc = np.full(len(acc), np.nan)
         for layer in range(len(acc)):
             rows.append({"layer": layer, "variant": name, "family": fam[name], "accuracy": acc[layer],
                          "ci_low": lo[layer], "ci_high": hi[layer], "control_accuracy": ctrl_acc[layer],
                          "chance": 1.0 / len(np.unique(y)), "n_train": len(tr), "n_test": len(te)})
     df = pd.DataFrame(rows)
     df.attrs["probes"] = probes
+    df.attrs["correct"] = per_image  # variant -> [n_test, L+1] bool: each held-out image, right or wrong, per layer
+    df.attrs["control_correct"] = per_image_ctrl
+    df.attrs["test_items"] = te
+    df.attrs["n_boot"] = n_boot
     return df

@@ -156,7 +156,7 @@ def signatures(anchor: np.ndarray, families: Mapping[str, np.ndarray], *, chance
     return out
 
 
-def _ordered_segments(fit: np.ndarray) -> list[int]:
+def ordered_segments(fit: np.ndarray) -> list[int]:
     """fit: [K stages, n layers] of 0/1. Returns the stage index per layer (non-decreasing) maximising the
     number of fitting layers; ties -> earliest boundaries (smallest stage index first)."""
     K, n = fit.shape
@@ -202,7 +202,7 @@ def segment(anchor, families: Mapping[str, np.ndarray], *, chance: float, contro
     sig = signatures(anchor, families, chance=chance, control=control, params=params)
     order = (PRE_STAGE, *STAGES)
     fit = np.stack([sig[s].astype(float) for s in order])
-    idx = _ordered_segments(fit)
+    idx = ordered_segments(fit)
     return Segmentation(layers=layers, labels=[order[i] for i in idx], params=params, signals=sig)
 
 
