@@ -219,8 +219,8 @@ def status_page(records: Mapping) -> str:
         f"`{dec['model']}`" if dec else "—")
     row("Probe accuracy values, image counts, probe regularization", "**unknown** (not in the reference)",
         "see chapter 2" if st else na, f"`{st['model']}`" if st else "—")
-    from ..papers.b_visual_tokens.chapter import RECORD_NAME as _VT
-    from ..papers.b_visual_tokens.chapter import status_rows as _vt_rows
+    from ..papers.b_visual_tokens.claims import RECORD_NAME as _VT
+    from ..papers.b_visual_tokens.claims import status_rows as _vt_rows
     from ..papers.c_layer_selection.chapter import RECORD_NAME as _VL
     from ..papers.c_layer_selection.chapter import status_rows as _vl_rows
 
