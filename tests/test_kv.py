@@ -194,3 +194,52 @@ def test_extract_image_tokens_refuses_mixing_and_mixed_sizes(tiny_models, fashio
         extract_image_tokens(tiny_models["llava_next"], [fashion[0][0], wide], tmp_path / "n")
     with pytest.raises(ProbekitError, match="layers"):
         extract_image_tokens(lm, imgs, tmp_path / "l", layers=[0, 1])
+
+
+def test_stores_are_found_from_the_identity_alone(tiny_dirs, tiny_models, fashion, tmp_path):
+    """extract_queries holds the text side and what a reader needs of the model; find_image_tokens / find_queries
+    find complete stores from identify()'s identity (no model), and nothing written for other arguments."""
+    from probekit.extract.kv import (
+        causality_check,
+        extract_image_tokens,
+        extract_queries,
+        find_image_tokens,
+        find_queries,
+        text_states,
+        token_grid,
+    )
+    from probekit.models import identify
+
+    lm = tiny_models["llava"]
+    ident = identify(str(tiny_dirs["llava"]), dtype="float32", device="cpu")
+    assert ident == lm.identity()
+    imgs = [fashion[i][0] for i in range(3)]
+    texts = ["a bag", "an ankle boot"]
+    q = extract_queries(lm, texts, tmp_path / "q", images=imgs, prompt="What?", check_prompt="Why?")
+    ref = text_states(lm, texts)
+    for k in ("keys", "values", "hidden"):
+        np.testing.assert_array_equal(q.array(k), ref[k])
+    grid, cells = token_grid(lm, imgs[0])
+    e = q.extra
+    assert e["grid"] == list(grid) and e["cells"] == cells.tolist() and e["num_layers"] == TEXT_LAYERS
+    assert e["image_size"] == [imgs[0].size[1], imgs[0].size[0]] and e["texts"] == texts
+    assert e["kv_heads"] * e["head_dim"] == ref["keys"].shape[-1]
+    assert e["causality"] == causality_check(lm, imgs, "What?", "Why?") and e["causality"]["values"] < 1e-5
+
+    def found(**kw):
+        return find_queries(tmp_path / "q", **{"identity": ident, "texts": texts, "images": imgs, "prompt": "What?",
+                                               "check_prompt": "Why?", **kw})
+
+    assert found() is not None and found(images=None) is not None
+    assert found(texts=["a bag"]) is None and found(prompt="Who?") is None and found(images=imgs[:2]) is None
+    assert found(identity={**ident, "dtype": "bfloat16"}) is None
+
+    extract_image_tokens(lm, imgs, tmp_path / "s", prefix="Look.", layers=[1, 3])
+
+    def look(**kw):
+        return find_image_tokens(tmp_path / "s", **{"identity": ident, "images": imgs, "prefix": "Look.",
+                                                    "layers": [1, 3], **kw})
+
+    assert look() is not None and look(prefix=None) is None and look(layers=[1, 2]) is None
+    assert look(block={2: [0]}) is None and look(images=imgs[::-1]) is None
+    assert find_image_tokens(tmp_path / "nothing", ident, imgs, layers=[1]) is None

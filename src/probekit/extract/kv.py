@@ -23,13 +23,18 @@ Beside them, at the same image-token positions (:func:`image_states`):
 :func:`blocked_attention` stops later tokens from attending to chosen image tokens at chosen layers (the
 attention mask each decoder layer receives is narrowed; nothing else changes), :func:`text_states` reads a
 text's last token, and :func:`extract_image_tokens` writes all of it to an :class:`ActivationStore` (named
-arrays; cached by a key, atomic, resumable).
+arrays; cached by a key, atomic, resumable). :func:`extract_queries` writes the text side beside it — the text
+queries' states, with the token grid, the decoder's depth and key / value width and the causality check
+(:func:`causality_check`) in the manifest — so that a reader needs no model at all. :func:`find_image_tokens`
+and :func:`find_queries` find such a complete store from the model's identity alone
+(:func:`probekit.models.identify`: read from its config and weight files, nothing built).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -198,7 +203,9 @@ def text_states(lm: LoadedModel, texts: Sequence[str]) -> dict[str, np.ndarray]:
 # ---- into the store ----------------------------------------------------------------------------------------
 
 
-def _pixels_sha256(images: Sequence) -> str:
+def pixels_sha256(images: Sequence) -> str:
+    """sha256 over the pixels of ``images`` (PIL images as RGB, arrays as given) and their shapes: what a store's
+    key holds of its images, so that it can be checked without the model."""
     h = hashlib.sha256()
     for im in images:
         a = np.ascontiguousarray(np.asarray(im.convert("RGB") if hasattr(im, "convert") else im))
@@ -249,18 +256,10 @@ def extract_image_tokens(lm: LoadedModel, images: Sequence, out, *, prompt: str 
     if len(labels) != n or len(ids) != n:
         raise DataError(f"{n} images but {len(labels)} labels and {len(ids)} ids; give one of each per image")
     text = template(lm, prompt, prefix=prefix)
-    key = {
-        "kind": "image_tokens", "version": KV_VERSION, "model": lm.identity(), "prompt": text,
-        "images": {"n": n, "pixels_sha256": _pixels_sha256(images)},
-        "block": {str(k): sorted(int(i) for i in v) for k, v in sorted((block or {}).items())},
-        "layers": layers, "storage_dtype": storage_dtype,
-    }
+    key = {**_image_tokens_key(lm.identity(), images, block, layers, storage_dtype), "prompt": text}
     root = Path(out)
-    try:
-        have = ActivationStore.open(root)
-    except StoreError:
-        have = None
-    if have is not None and have.manifest["key_sha256"] == key_sha256(key) and have.quantities and have.is_complete():
+    have = complete_store(root)
+    if have is not None and have.manifest["key_sha256"] == key_sha256(key):
         return have
     first_pil = _as_pil(images[0])
     grid, cells = token_grid(lm, first_pil)
@@ -295,6 +294,119 @@ def extract_image_tokens(lm: LoadedModel, images: Sequence, out, *, prompt: str 
     return store
 
 
+def _image_tokens_key(identity: Mapping, images: Sequence, block, layers: Sequence[int], storage_dtype: str) -> dict:
+    """The cache key of :func:`extract_image_tokens`, without the templated prompt (which needs the processor)."""
+    return {"kind": "image_tokens", "version": KV_VERSION, "model": dict(identity),
+            "images": {"n": len(images), "pixels_sha256": pixels_sha256(images)},
+            "block": {str(k): sorted(int(i) for i in v) for k, v in sorted((block or {}).items())},
+            "layers": [int(l) for l in layers], "storage_dtype": storage_dtype}
+
+
+def complete_store(out) -> ActivationStore | None:
+    """The complete store of named arrays at ``out``, or None (none there, damaged, partial, or per-variant
+    states)."""
+    try:
+        st = ActivationStore.open(out)
+    except StoreError:
+        return None
+    return st if st.quantities and st.is_complete() else None
+
+
+def _same_json(a, b) -> bool:
+    return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
+
+
+def find_image_tokens(out, identity: Mapping, images: Sequence, *, prompt: str = "What is in this image?",
+                      prefix: str | None = None, block: Mapping[int, Sequence[int]] | None = None,
+                      layers: Sequence[int], storage_dtype: str = "float32") -> ActivationStore | None:
+    """The complete store that :func:`extract_image_tokens` with these arguments wrote at ``out`` for the model
+    whose :meth:`~probekit.models.LoadedModel.identity` is ``identity``, found without the model: its key must
+    hold that identity, the same pixels, ``block``, ``layers`` and storage dtype, and its manifest the same
+    ``prompt`` and ``prefix`` (the templated prompt in the key needs the processor; the model's chat template is
+    not part of its identity). None when there is no such store: then extract."""
+    st = complete_store(out)
+    if st is None:
+        return None
+    want = _image_tokens_key(identity, list(images), block, layers, storage_dtype)
+    got = {k: st.key.get(k) for k in want}
+    extra = st.extra
+    if not _same_json(got, want) or extra.get("prompt") != prompt or extra.get("prefix") != prefix:
+        return None
+    return st
+
+
+# ---- the text side: queries, token grid, depth and the causality check --------------------------------------
+
+
+def causality_check(lm: LoadedModel, images: Sequence, prompt: str, other_prompt: str) -> dict:
+    """Largest difference of any image key / value between two prompts that differ only after the image
+    (``n_images``, ``prompts``, ``keys``, ``values``): 0 under causal attention."""
+    imgs = [_as_pil(im) for im in images]
+    a = image_states(lm, [template(lm, prompt)] * len(imgs), imgs)
+    b = image_states(lm, [template(lm, other_prompt)] * len(imgs), imgs)
+    return {"n_images": len(imgs), "prompts": [prompt, other_prompt],
+            **{k: float(max((x[k] - y[k]).abs().max() for x, y in zip(a, b))) for k in ("keys", "values")}}
+
+
+def _queries_key(identity: Mapping, texts: Sequence[str], images: Sequence) -> dict:
+    return {"kind": "text_queries", "version": KV_VERSION, "model": dict(identity), "texts": list(texts),
+            "images": {"n": len(images), "pixels_sha256": pixels_sha256(images)}}
+
+
+def extract_queries(lm: LoadedModel, texts: Sequence[str], out, *, images: Sequence, prompt: str,
+                    check_prompt: str) -> ActivationStore:
+    """The text side of reading image tokens, into the store at ``out``: one item per text, its last token's
+    states as the LM processes the text alone (:func:`text_states`: ``keys``, ``values`` ``[L, H_kv*hd]``,
+    ``hidden`` ``[L+1, d]``), and in ``manifest["extra"]`` what a reader of image-token stores needs to know of
+    the model: ``texts``, ``num_layers`` (L), ``kv_heads`` and ``head_dim``, ``image_size`` (``[H, W]`` of
+    ``images``, which must be the size the image-token stores are made at), the base view's token ``grid`` and
+    ``cells`` on it (:func:`token_grid`), and ``causality`` (:func:`causality_check` of ``images`` under
+    ``prompt`` and ``check_prompt``).
+
+    Cached like :func:`extract_image_tokens` (key: the model's identity, the texts, the images' pixels and the
+    templated prompts); a complete store for the same key is returned without running the model."""
+    texts, images = [str(t) for t in texts], list(images)
+    if not images:
+        raise DataError("extract_queries: no images for the token grid and the causality check")
+    key = {**_queries_key(lm.identity(), texts, images),
+           "prompts": [template(lm, prompt), template(lm, check_prompt)]}
+    have = complete_store(out)
+    if have is not None and have.manifest["key_sha256"] == key_sha256(key):
+        return have
+    first = _as_pil(images[0])
+    grid, cells = token_grid(lm, first)
+    states = text_states(lm, texts)
+    tc = lm.text_config
+    store = ActivationStore.create(
+        out, key=key, variants=[], n_items=len(texts), ids=[str(i) for i in range(len(texts))],
+        labels=list(range(len(texts))), classes=texts, n_layers=lm.num_layers + 1, hidden_size=lm.hidden_size,
+        shard_size=max(1, len(texts)), quantities={k: v.shape[1:] for k, v in states.items()},
+        extra={"texts": texts, "num_layers": lm.num_layers, "kv_heads": int(tc.num_key_value_heads),
+               "head_dim": int(getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads),
+               "image_size": [first.size[1], first.size[0]], "grid": list(grid), "cells": cells.tolist(),
+               "prompt": prompt, "check_prompt": check_prompt,
+               "causality": causality_check(lm, images, prompt, check_prompt)})
+    store.write_arrays(0, {k: torch.from_numpy(v) for k, v in states.items()})
+    return store
+
+
+def find_queries(out, identity: Mapping, texts: Sequence[str], *, images: Sequence | None = None, prompt: str,
+                 check_prompt: str) -> ActivationStore | None:
+    """The complete store :func:`extract_queries` wrote at ``out`` for the model whose identity is ``identity``
+    and these texts and prompts, found without the model; with ``images`` its pixels must match too (without:
+    read ``extra["image_size"]`` first to make them). None when there is no such store."""
+    st = complete_store(out)
+    if st is None:
+        return None
+    want = _queries_key(identity, [str(t) for t in texts], [] if images is None else list(images))
+    keys = ["kind", "version", "model", "texts"] + (["images"] if images is not None else [])
+    extra = st.extra
+    if (not _same_json({k: st.key.get(k) for k in keys}, {k: want[k] for k in keys})
+            or extra.get("prompt") != prompt or extra.get("check_prompt") != check_prompt):
+        return None
+    return st
+
+
 def _select(states: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[str, torch.Tensor]:
     """Keep decoder blocks ``layers`` (1-based): keys/values rows ``l-1``, hidden rows 0 and ``l``."""
     idx = torch.tensor([l - 1 for l in layers])
@@ -302,5 +414,6 @@ def _select(states: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[str,
             "hidden": states["hidden"][torch.cat([torch.tensor([0]), idx + 1])], "vision": states["vision"]}
 
 
-__all__ = ["QUANTITIES", "block_masks", "blocked_attention", "extract_image_tokens", "image_kv", "image_states",
+__all__ = ["QUANTITIES", "block_masks", "blocked_attention", "causality_check", "complete_store", "extract_image_tokens",
+           "extract_queries", "find_image_tokens", "find_queries", "image_kv", "image_states", "pixels_sha256",
            "text_states", "token_grid"]

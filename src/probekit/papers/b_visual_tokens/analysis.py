@@ -1,303 +1,306 @@
-"""Paper B's zero-shot perception measurements on image tokens, with ground truth derived from the images.
-
-Every function takes plain arrays, so each can be checked on synthetic inputs:
-
-- :func:`foreground_masks` — per grid cell, foreground or background, from a clean black background
-  (Fashion-MNIST): a pixel is *ink* when brighter than ``ink`` (default 16 of 255), a cell is *foreground*
-  when at least ``min_fraction`` (default 0.5) of its pixels are ink;
-- :func:`few_shot_segmentation` — a logistic-regression classifier (scikit-learn, standardized features) trained
-  on the tokens of ``shots`` images, scored on held-out images' tokens: mIoU (mean of the foreground and the
-  background IoU, ``jaccard_score(average="macro")``) and balanced accuracy of all episodes' predictions pooled,
-  with per-image confusion counts for bootstrap intervals;
-- :func:`correspondence` — nearest neighbour (cosine) of every foreground token of an image among the tokens
-  of the same image under a known transform (:func:`flip_map`, :func:`shift_map`), scored as PCK: the share of
-  points matched to the true cell exactly, and within one cell (Chebyshev distance ≤ 1); chance = a uniformly
-  random cell;
-- :func:`query_auroc` — a text query's dot product with every image token, scored per image by AUROC against
-  the foreground mask (equal to ``sklearn.metrics.roc_auc_score`` on each image; vectorized because that
-  function costs ~2 ms a call);
-- :func:`key_variance` / :func:`input_agnostic` — the cross-image variance of keys per (layer, position),
-  normalized by the layer's total variance, and the rule that calls late-layer positions input-agnostic.
+"""Paper B's measurements on the chapter's stores: :class:`TokensRun` (what :func:`.chapter.run` found or extracted,
+read back as arrays per feature) and :func:`measure` (the readouts of :mod:`.readouts` per condition, task,
+feature kind and layer, with 95 % bootstrap intervals over images), and the paired differences the notes and
+the record report (:func:`findings`). Nothing here runs a model: every number comes from the stores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from ...book.context import ChapterRun
 from ...errors import ProbekitError
+from ...models import LoadedModel
+from ...store import ActivationStore
+from ..c_layer_selection.tasks import VisionTask
+from . import readouts as vt
 
-INK = 16
-MIN_FRACTION = 0.5
+VIEWS = ("original", "flip", "shift")
+CONDITIONS = ("plain", "prefix", "blocked")
+KINDS = ("values", "keys", "hidden")
+BASELINES = ("vision encoder", "projector")
+TASKS = {  # task -> (main metric, other metrics)
+    "segmentation": ("mIoU", ("balanced accuracy",)),
+    "correspondence (flip)": ("PCK exact", ("PCK within 1 cell",)),
+    "correspondence (shift)": ("PCK exact", ("PCK within 1 cell",)),
+    "text query": ("AUROC", ("AUROC, other classes' queries",)),
+}
 
 
-# ---- ground truth -------------------------------------------------------------------------------------------
+def check_param(name: str, value, ok, what: str) -> None:
+    """Raise one :class:`~probekit.errors.ProbekitError` naming the parameter when ``ok(value)`` is false (a bool
+    never passes for a number)."""
+    if isinstance(value, bool) or not ok(value):
+        raise ProbekitError(f"parameter {name}={value!r} must be {what}")
 
 
-def cell_edges(size: int, n: int) -> np.ndarray:
-    """Pixel edges of ``n`` equal cells along a side of ``size`` pixels (rounded)."""
-    return np.linspace(0, size, n + 1).round().astype(int)
+@dataclass
+class TokensRun(ChapterRun):
+    """One model's image tokens on Fashion-MNIST test images: stores per (condition, view), masks, queries.
+
+    ``identity`` is the model's (:func:`probekit.models.identify`); ``lm`` the model when this run had to load it
+    to extract a missing store (None: every store was found); ``facts`` what the queries store records of the
+    model (:func:`probekit.extract.kv.extract_queries`: depth, key / value width, image size, token grid)."""
+
+    model_id: str
+    identity: dict
+    facts: dict
+    task: VisionTask
+    views: dict[str, np.ndarray]
+    masks: np.ndarray  # [n, C] bool, cells row-major
+    grid: tuple[int, int]
+    cells: np.ndarray  # [T]: each image token's cell, -1 none
+    layers: list[int]
+    stores: dict[tuple[str, str], ActivationStore]
+    query_store: ActivationStore
+    conditions: dict[str, dict]  # name -> {"prefix", "block"}
+    variance: np.ndarray  # [len(layers), T] normalized cross-image key variance (plain, original view)
+    input_variance: np.ndarray  # [T] the same ratio for the projector output (the LM's input) at each token
+    agnostic: dict[int, list[int]]  # the rule's input-agnostic keys: layer -> image-token indices
+    block: dict[int, list[int]]  # what the blocked condition blocks
+    block_source: str | None  # "rule", "stand-in" or None (no blocking)
+    queries: dict[str, np.ndarray]  # kind -> [classes, layers(+1), d]
+    query_texts: list[str]
+    prompt: str
+    prefix: str | None
+    shift: int
+    ink: int
+    min_fraction: float
+    threshold: float
+    late_from: float
+    seed: int
+    n_per_class: int
+    image_size: int
+    causality: dict
+    lm: LoadedModel | None = None
+    from_cache: bool = False
+    cache_root: Path | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.task)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.facts["num_layers"])
+
+    @property
+    def n_cells(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def late(self) -> list[int]:
+        return vt.late_layers(self.layers, self.n_layers, self.late_from)
+
+    @property
+    def data_label(self) -> str:
+        return f"Fashion-MNIST test at {self.image_size} px ({self.n_per_class} per class, 10 classes)"
+
+    def feature(self, condition: str, view: str, kind: str, layer: int | None = None) -> np.ndarray:
+        """``[n, C, d]`` per cell (row-major) of one feature: ``kind`` values / keys (``layer`` a decoder block)
+        / hidden (``layer`` 0..L, 0 = projector output) / vision encoder / projector."""
+        key = (condition, view, kind, layer)
+        if key not in self._cache:
+            st = self.stores[(condition, view)]
+            if kind in ("values", "keys"):
+                x = st.array(kind, self.layers.index(layer))
+            elif kind == "hidden":
+                x = st.array("hidden", 0 if layer == 0 else 1 + self.layers.index(layer))
+            elif kind == "projector":
+                x = st.array("hidden", 0)
+            elif kind == "vision encoder":
+                x = st.array("vision")
+            else:
+                raise ProbekitError(f"unknown feature kind {kind!r}")
+            self._cache[key] = vt.by_cell(x, self.cells, self.n_cells)
+        return self._cache[key]
 
 
-def foreground_masks(images: np.ndarray, grid: tuple[int, int], *, ink: int = INK,
-                     min_fraction: float = MIN_FRACTION) -> np.ndarray:
-    """``[n, rows*cols]`` bool (row-major cells): a cell is foreground when at least ``min_fraction`` of its
-    pixels are brighter than ``ink``. ``images``: ``[n, H, W]`` grayscale or ``[n, H, W, 3]`` (max over
-    channels) uint8 with a black background."""
-    x = np.asarray(images)
-    if x.ndim == 4:
-        x = x.max(-1)
-    if x.ndim != 3:
-        raise ProbekitError(f"foreground_masks needs images [n, H, W] or [n, H, W, 3], got shape {x.shape}")
-    rows, cols = grid
-    H, W = x.shape[1:]
-    if rows > H or cols > W or rows < 1 or cols < 1:
-        raise ProbekitError(f"a {rows}x{cols} token grid does not fit {H}x{W} images")
-    if not 0 < min_fraction <= 1:
-        raise ProbekitError(f"min_fraction must be in (0, 1], got {min_fraction}")
-    fg = x > ink
-    ey, ex = cell_edges(H, rows), cell_edges(W, cols)
-    out = np.zeros((len(x), rows * cols), bool)
-    for r in range(rows):
-        for c in range(cols):
-            out[:, r * cols + c] = fg[:, ey[r]:ey[r + 1], ex[c]:ex[c + 1]].mean((1, 2)) >= min_fraction
+@dataclass
+class Perception:
+    """The chapter's measurements: ``table`` (one row per condition, task, metric, kind, layer; layer -1 for the
+    baselines) with score, 95 % percentile-bootstrap CI over images, chance; ``boot`` the bootstrap draws per row
+    (paired: every row of a task resamples the same images)."""
+
+    table: pd.DataFrame
+    boot: dict
+    n_boot: int
+    shots: int
+    episodes: int
+    n_test: int
+
+    def row(self, condition, task, metric, kind, layer=-1) -> pd.Series:
+        t = self.table
+        sel = t[(t.condition == condition) & (t.task == task) & (t.metric == metric) & (t.kind == kind)
+                & (t.layer == layer)]
+        if len(sel) != 1:
+            raise ProbekitError(f"no measurement {(condition, task, metric, kind, layer)}")
+        return sel.iloc[0]
+
+    def diff(self, a: tuple, b: tuple) -> dict:
+        """Score of row ``a`` minus row ``b`` (keys ``(condition, task, metric, kind, layer)``), with the paired
+        95 % bootstrap interval."""
+        da, db = self.boot[tuple(a)], self.boot[tuple(b)]
+        d = da - db
+        ok = ~np.isnan(d)
+        lo, hi = np.quantile(d[ok], [0.025, 0.975]) if ok.any() else (np.nan, np.nan)
+        return {"diff": float(self.row(*a).score - self.row(*b).score), "ci": [float(lo), float(hi)]}
+
+    def mean_diff(self, a: str, b: str, task: str, layers, metric: str | None = None, kind: str = "values") -> dict | None:
+        """Mean over ``layers`` of (condition ``a`` minus condition ``b``) for one task and kind, with the paired
+        95 % bootstrap interval (the same resampled images for every layer and both conditions)."""
+        metric = metric or TASKS[task][0]
+        layers = [int(l) for l in layers]
+        if not layers:
+            return None
+        d = np.mean([self.boot[(a, task, metric, kind, l)] - self.boot[(b, task, metric, kind, l)] for l in layers], 0)
+        point = np.mean([self.row(a, task, metric, kind, l).score - self.row(b, task, metric, kind, l).score
+                         for l in layers])
+        ok = ~np.isnan(d)
+        lo, hi = np.quantile(d[ok], [0.025, 0.975]) if ok.any() else (np.nan, np.nan)
+        return {"diff": float(point), "ci": [float(lo), float(hi)], "layers": layers}
+
+    def best(self, condition: str, task: str, kind: str = "values", metric: str | None = None) -> pd.Series:
+        metric = metric or TASKS[task][0]
+        t = self.table
+        sel = t[(t.condition == condition) & (t.task == task) & (t.metric == metric) & (t.kind == kind)]
+        return sel.loc[sel.score.idxmax()]
+
+
+def features(tr: TokensRun, condition: str) -> list[tuple[str, int]]:
+    """(kind, layer) of every feature measured under ``condition`` (the baselines only under plain: the vision
+    encoder and the projector do not see the text, so a prefix or a block cannot change them)."""
+    out = [(k, l) for k in KINDS for l in tr.layers]
+    if condition == "plain":
+        out += [(b, -1) for b in BASELINES]
     return out
 
 
-def by_cell(x: np.ndarray, cells: np.ndarray, n_cells: int) -> np.ndarray:
-    """Tokens ``[..., T, d]`` -> ``[..., n_cells, d]`` in cell order (tokens with cell -1 dropped); every cell must
-    have exactly one token."""
-    cells = np.asarray(cells)
-    idx = np.full(n_cells, -1)
-    for t, c in enumerate(cells):
-        if c >= 0:
-            if idx[c] >= 0:
-                raise ProbekitError(f"cell {c} has two tokens ({idx[c]} and {t})")
-            idx[c] = t
-    if (idx < 0).any():
-        raise ProbekitError(f"cells {np.flatnonzero(idx < 0).tolist()} have no token")
-    return np.take(x, idx, axis=-2)
+def query_vectors(tr: TokensRun, kind: str, layer: int) -> np.ndarray:
+    """``[classes, d]``: the class names' last-token query matching a feature: the same kind at the same layer
+    (values / keys of block ``layer``, hidden after block ``layer``); for the projector output, the token's
+    input embedding (hidden layer 0)."""
+    if kind in ("values", "keys"):
+        return tr.queries[kind][:, layer - 1]
+    if kind == "hidden":
+        return tr.queries["hidden"][:, layer]
+    if kind == "projector":
+        return tr.queries["hidden"][:, 0]
+    raise ProbekitError(f"the {kind} has no text side, so no text query")
 
 
-# ---- transforms with known correspondences ---------------------------------------------------------------
+def measure(tr: TokensRun, *, shots: int = 5, episodes: int = 5, test_size: float = 0.5, C: float = 1.0,
+            n_boot: int = 1000) -> Perception:
+    """Every measurement of the chapter, per condition and feature (kinds x layers, and the two baselines).
+
+    - segmentation (few-shot): images split in half (stratified by class, seeded); ``episodes`` draws of
+      ``shots`` training images from one half, each a logistic regression on their tokens, scored on every token of
+      the other half: mIoU and balanced accuracy of the pooled predictions;
+    - correspondence: nearest neighbour (cosine) of each foreground token of an image among the tokens of its
+      mirrored / shifted view, PCK exact and within 1 cell, over all images;
+    - text query: dot product of the class name's last token (same kind and layer; the projector's is the token
+      embedding, layer 0 of hidden) with the image's tokens; AUROC per image against the foreground mask, with
+      the image's own class and (control) the other nine classes. The vision encoder has no text side: no query.
+    """
+    from sklearn.model_selection import train_test_split
+
+    check_param("shots", shots, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+    check_param("episodes", episodes, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+    n = tr.n_images
+    pool, test = train_test_split(np.arange(n), test_size=test_size, stratify=tr.task.labels, random_state=tr.seed)
+    pool, test = np.sort(pool), np.sort(test)
+    if shots > len(pool):
+        raise ProbekitError(f"shots={shots} is more than the {len(pool)} training images; lower shots or raise n_per_class")
+    eps = vt.segmentation_episodes(pool, tr.masks, shots=shots, episodes=episodes, seed=tr.seed)
+    rng = np.random.default_rng(tr.seed)
+    idx_test = rng.integers(0, len(test), size=(n_boot, len(test)))
+    idx_all = rng.integers(0, n, size=(n_boot, n))
+    y = tr.masks
+    fmap, smap = vt.flip_map(tr.grid), vt.shift_map(tr.grid, tr.shift)
+    labels = tr.task.labels
+    rows, boot = [], {}
+
+    def add(cond, task, metric, kind, layer, score, draws, chance, n_img):
+        lo, hi = np.nanquantile(draws, [0.025, 0.975]) if np.isfinite(draws).any() else (np.nan, np.nan)
+        rows.append({"condition": cond, "task": task, "metric": metric, "kind": kind, "layer": int(layer),
+                     "score": float(score), "ci_low": float(lo), "ci_high": float(hi), "chance": chance, "n": n_img})
+        boot[(cond, task, metric, kind, int(layer))] = draws
+
+    for cond in tr.conditions:
+        for kind, layer in features(tr, cond):
+            def get(view, cond=cond, kind=kind, layer=layer):
+                return tr.feature(cond, view, kind, None if layer < 0 else layer)
+
+            X = get("original")
+            seg = vt.few_shot_segmentation(X, y, eps, test, C=C, seed=tr.seed)
+            cnt = seg["counts"][idx_test].sum(1)  # [B, 4]
+            add(cond, "segmentation", "mIoU", kind, layer, seg["miou"], vt.miou_from_counts(cnt), np.nan, len(test))
+            add(cond, "segmentation", "balanced accuracy", kind, layer, seg["balanced_accuracy"],
+                vt.balanced_accuracy_from_counts(cnt), 0.5, len(test))
+            for task, view, mp in (("correspondence (flip)", "flip", fmap), ("correspondence (shift)", "shift", smap)):
+                c = vt.correspondence(X, get(view), mp, y, tr.grid)
+                pts = c["points"][idx_all].sum(1)
+                add(cond, task, "PCK exact", kind, layer, c["pck0"], c["hits0"][idx_all].sum(1) / pts, c["chance0"], n)
+                add(cond, task, "PCK within 1 cell", kind, layer, c["pck1"], c["hits1"][idx_all].sum(1) / pts,
+                    c["chance1"], n)
+            if kind == "vision encoder":
+                continue
+            Q = query_vectors(tr, kind, layer)  # [classes, d]
+            auc = vt.query_auroc(vt.query_scores(X, Q[labels]), y)
+            k = len(tr.task.classes)
+            with warnings.catch_warnings():  # an image whose tokens are all foreground has no AUROC (NaN)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                other = np.nanmean([vt.query_auroc(vt.query_scores(X, Q[(labels + s) % k]), y) for s in range(1, k)], 0)
+                add(cond, "text query", "AUROC", kind, layer, np.nanmean(auc), np.nanmean(auc[idx_all], 1), 0.5, n)
+                add(cond, "text query", "AUROC, other classes' queries", kind, layer, np.nanmean(other),
+                    np.nanmean(other[idx_all], 1), 0.5, n)
+    table = pd.DataFrame(rows)
+    return Perception(table=table, boot=boot, n_boot=n_boot, shots=shots, episodes=episodes, n_test=len(test))
 
 
-def flip_images(images: np.ndarray) -> np.ndarray:
-    """Mirror left-right (``[n, H, W(, 3)]``)."""
-    return np.ascontiguousarray(np.flip(np.asarray(images), axis=2))
+def affected_layers(tr: TokensRun, condition: str) -> list[int]:
+    """The layers whose image values a condition can change: a prefix changes values from block 2 on (block 1's
+    values are a projection of the token's own embedding); blocking at layers S changes the values of blocks
+    after min(S) (block l's values come from block l-1's output)."""
+    if condition == "prefix":
+        return [l for l in tr.layers if l >= 2]
+    if condition == "blocked":
+        return [l for l in tr.layers if tr.block and l > min(tr.block)]
+    return list(tr.layers)
 
 
-def shift_images(images: np.ndarray, pixels: int) -> np.ndarray:
-    """Shift right by ``pixels`` (left by a negative number), filling with black."""
-    x = np.asarray(images)
-    out = np.zeros_like(x)
-    if pixels >= 0:
-        out[:, :, pixels:] = x[:, :, : x.shape[2] - pixels]
-    else:
-        out[:, :, :pixels] = x[:, :, -pixels:]
-    return out
-
-
-def flip_map(grid: tuple[int, int]) -> np.ndarray:
-    """Cell ``(r, c)`` of an image is cell ``(r, cols-1-c)`` of its mirror image (exact when the image width is
-    a multiple of the columns)."""
-    rows, cols = grid
-    r, c = np.divmod(np.arange(rows * cols), cols)
-    return r * cols + (cols - 1 - c)
-
-
-def shift_map(grid: tuple[int, int], shift: int) -> np.ndarray:
-    """Cell ``(r, c)`` is cell ``(r, c + shift)`` of the image shifted by ``shift`` whole cells; -1 when it left
-    the frame."""
-    rows, cols = grid
-    r, c = np.divmod(np.arange(rows * cols), cols)
-    c2 = c + shift
-    return np.where((c2 >= 0) & (c2 < cols), r * cols + c2, -1)
-
-
-def shift_pixels(size: int, cols: int, shift: int) -> int:
-    """Pixels of a shift by ``shift`` whole cells; the image width must split into equal cells."""
-    if size % cols:
-        raise ProbekitError(f"a {size}-pixel-wide image does not split into {cols} equal token columns, so a shift "
-                            "by whole tokens has no exact correspondence; use images whose width is a multiple")
-    return shift * size // cols
-
-
-# ---- (a) few-shot segmentation ---------------------------------------------------------------------------
-
-
-def segmentation_episodes(pool: Sequence[int], y: np.ndarray, *, shots: int, episodes: int, seed: int = 0) -> list[np.ndarray]:
-    """``episodes`` draws of ``shots`` training images from ``pool`` whose tokens hold both classes (seeded)."""
-    pool = np.asarray(pool)
-    if shots < 1 or episodes < 1 or shots > len(pool):
-        raise ProbekitError(f"cannot draw {shots}-shot episodes from {len(pool)} training images (episodes={episodes})")
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(episodes):
-        for _ in range(100):
-            pick = np.sort(rng.choice(pool, shots, replace=False))
-            lab = y[pick]
-            if lab.any() and not lab.all():
-                break
-        else:
-            raise ProbekitError("no training draw holds both foreground and background tokens")
-        out.append(pick)
-    return out
-
-
-def few_shot_segmentation(X: np.ndarray, y: np.ndarray, episodes: Sequence[np.ndarray], test: Sequence[int], *,
-                          C: float = 1.0, seed: int = 0) -> dict:
-    """Foreground vs background per token. ``X`` ``[n, T, d]`` (tokens with NaN are left out), ``y`` ``[n, T]``;
-    each episode trains ``StandardScaler + LogisticRegression(C)`` on the tokens of its images and predicts the
-    tokens of the ``test`` images.
-
-    Returns ``miou`` (``jaccard_score(average="macro")``: the mean of the foreground and background IoU) and
-    ``balanced_accuracy`` of all episodes' predictions pooled, the per-episode spread (``*_sd``), and ``counts``
-    ``[len(test), 4]``: per test image the (TP, FP, FN, TN) of the foreground summed over episodes, from which
-    :func:`miou_from_counts` recomputes the pooled mIoU (for bootstrap intervals over images)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score, jaccard_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, bool)
-    ok = ~np.isnan(X).any(-1)  # [n, T]
-    test = np.asarray(test)
-    img = np.broadcast_to(np.arange(len(test))[:, None], ok[test].shape)[ok[test]]  # test image of each token
-    Xte, yte = X[test][ok[test]], y[test][ok[test]]
-    counts = np.zeros((len(test), 4), np.int64)
-    preds, per_miou, per_bacc = [], [], []
-    for pick in episodes:
-        Xtr, ytr = X[pick][ok[pick]], y[pick][ok[pick]]
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed))
-        pred = clf.fit(Xtr, ytr).predict(Xte).astype(bool)
-        preds.append(pred)
-        per_miou.append(jaccard_score(yte, pred, average="macro", zero_division=0.0))
-        per_bacc.append(balanced_accuracy_score(yte, pred))
-        for j, cell in enumerate((pred & yte, pred & ~yte, ~pred & yte, ~pred & ~yte)):
-            counts[:, j] += np.bincount(img[cell], minlength=len(test))
-    yy, pp = np.tile(yte, len(preds)), np.concatenate(preds)
-    return {"miou": float(jaccard_score(yy, pp, average="macro", zero_division=0.0)),
-            "balanced_accuracy": float(balanced_accuracy_score(yy, pp)),
-            "miou_sd": float(np.std(per_miou)), "balanced_accuracy_sd": float(np.std(per_bacc)),
-            "counts": counts, "n_test_tokens": len(yte), "episodes": len(preds)}
-
-
-def miou_from_counts(counts: np.ndarray) -> np.ndarray:
-    """mIoU (mean of foreground and background IoU) from (TP, FP, FN, TN) counts ``[..., 4]``."""
-    tp, fp, fn, tn = np.moveaxis(np.asarray(counts, np.float64), -1, 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return 0.5 * (np.nan_to_num(tp / (tp + fp + fn)) + np.nan_to_num(tn / (tn + fn + fp)))
-
-
-def balanced_accuracy_from_counts(counts: np.ndarray) -> np.ndarray:
-    """Balanced accuracy (mean recall of foreground and background) from (TP, FP, FN, TN) ``[..., 4]``."""
-    tp, fp, fn, tn = np.moveaxis(np.asarray(counts, np.float64), -1, 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return 0.5 * (tp / (tp + fn) + tn / (tn + fp))
-
-
-# ---- (b) correspondence --------------------------------------------------------------------------------------
-
-
-def nearest_cells(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
-    """For each image and source cell, the target cell of highest cosine similarity: ``src`` ``[n, C, d]``,
-    ``tgt`` ``[n, C', d]`` -> ``[n, C]``."""
-    def unit(a):
-        a = np.asarray(a, dtype=np.float64)
-        return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-
-    return np.einsum("ncd,nkd->nck", unit(src), unit(tgt)).argmax(-1)
-
-
-def correspondence(src: np.ndarray, tgt: np.ndarray, mapping: np.ndarray, points: np.ndarray,
-                   grid: tuple[int, int]) -> dict:
-    """PCK of nearest-neighbour matching from ``src`` to ``tgt`` (``[n, C, d]`` per cell, row-major), scored on
-    ``points`` ``[n, C]`` (e.g. the source's foreground cells) whose true target ``mapping[c]`` exists.
-
-    ``pck0``: share matched to exactly the true cell; ``pck1``: within one cell (Chebyshev distance ≤ 1);
-    ``chance0`` / ``chance1``: the same for a uniformly random target cell; ``hits0`` / ``hits1`` / ``points``
-    ``[n]``: per image (for bootstrap intervals over images)."""
-    rows, cols = grid
-    mapping = np.asarray(mapping)
-    pts = np.asarray(points, bool) & (mapping >= 0)[None]
-    if not pts.any():
-        raise ProbekitError("no correspondence points: no foreground cell keeps a target under this transform")
-    pred = nearest_cells(src, tgt)
-    true = np.broadcast_to(mapping, pred.shape)
-    d = np.maximum(np.abs(pred // cols - true // cols), np.abs(pred % cols - true % cols))
-    r, c = np.divmod(np.arange(rows * cols), cols)
-    near = (np.maximum(np.abs(r[:, None] - r[None]), np.abs(c[:, None] - c[None])) <= 1).sum(1)  # per true cell
-    return {"pck0": float((d[pts] == 0).mean()), "pck1": float((d[pts] <= 1).mean()),
-            "chance0": 1.0 / (rows * cols), "chance1": float((near[true[pts]] / (rows * cols)).mean()),
-            "n_points": int(pts.sum()), "hits0": ((d == 0) & pts).sum(1), "hits1": ((d <= 1) & pts).sum(1),
-            "points": pts.sum(1)}
-
-
-# ---- (c) text-query segmentation -----------------------------------------------------------------------------
-
-
-def query_auroc(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per image, the AUROC of ``scores`` ``[n, T]`` for the foreground ``y`` ``[n, T]`` (ties count one half;
-    NaN scores are left out; NaN for an image without both classes). Equal to ``roc_auc_score`` per image."""
-    s = np.asarray(scores, dtype=np.float64)
-    ok = ~np.isnan(s)
-    pos, neg = np.asarray(y, bool) & ok, ~np.asarray(y, bool) & ok
-    gt = (s[:, :, None] > s[:, None, :]) + 0.5 * (s[:, :, None] == s[:, None, :])  # [n, i, j]
-    pair = pos[:, :, None] & neg[:, None, :]
-    n_pairs = pair.sum((1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n_pairs > 0, (gt * pair).sum((1, 2)) / n_pairs, np.nan)
-
-
-def query_scores(tokens: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Dot product of each image's tokens ``[n, T, d]`` with its query ``[n, d]`` -> ``[n, T]``."""
-    return np.einsum("ntd,nd->nt", np.asarray(tokens, np.float64), np.asarray(queries, np.float64))
-
-
-# ---- input-agnostic keys -------------------------------------------------------------------------------------
-
-
-def key_variance(keys: np.ndarray) -> np.ndarray:
-    """``keys`` ``[n, L, T, d]`` -> ``[L, T]``: per layer and position, the variance of the key across images
-    (summed over dimensions) divided by the layer's total variance over all images and positions. Near 0: the
-    position's key is (almost) the same whatever the image."""
-    k = np.asarray(keys, dtype=np.float64)
-    if k.ndim != 4 or len(k) < 2:
-        raise ProbekitError(f"key_variance needs keys [n >= 2 images, L, T, d], got shape {k.shape}")
-    across = ((k - k.mean(0, keepdims=True)) ** 2).sum(-1).mean(0)  # [L, T]
-    flat = k.transpose(1, 0, 2, 3).reshape(k.shape[1], -1, k.shape[3])  # [L, n*T, d]
-    total = ((flat - flat.mean(1, keepdims=True)) ** 2).sum(-1).mean(1)  # [L]
-    return across / np.maximum(total[:, None], 1e-30)
-
-
-def late_layers(layers: Sequence[int], n_layers: int, late_from: float) -> list[int]:
-    """The layers counted as late: ``l > late_from * n_layers`` (0.5: the second half)."""
-    if not 0 <= late_from < 1:
-        raise ProbekitError(f"late_from must be in [0, 1), got {late_from}")
-    return [int(l) for l in layers if l > late_from * n_layers]
-
-
-def input_agnostic(ratio: np.ndarray, layers: Sequence[int], *, n_layers: int, threshold: float = 0.1,
-                   late_from: float = 0.5) -> dict[int, list[int]]:
-    """Positions whose keys are input-agnostic: at each late layer (:func:`late_layers`), the positions ``t``
-    with ``ratio[layer, t] < threshold`` (``ratio`` from :func:`key_variance`, rows = ``layers``). Returns
-    ``{layer: [positions]}`` with the layers that have any."""
-    if threshold <= 0:
-        raise ProbekitError(f"threshold must be positive, got {threshold}")
-    ratio = np.asarray(ratio)
-    late = set(late_layers(layers, n_layers, late_from))
+def findings(tr: TokensRun, res: Perception) -> dict:
+    """Per task: baselines, the best values layer, and paired differences (values best layer vs projector, vs
+    vision encoder; prefix and blocked vs plain at the same layer)."""
     out = {}
-    for row, l in enumerate(layers):
-        if int(l) in late:
-            pos = np.flatnonzero(ratio[row] < threshold).tolist()
-            if pos:
-                out[int(l)] = pos
+    for task, (metric, _) in TASKS.items():
+        b = res.best("plain", task)
+        key = ("plain", task, metric, "values", int(b.layer))
+        x = {"metric": metric, "best_values": {"layer": int(b.layer), "score": float(b.score),
+                                               "ci": [float(b.ci_low), float(b.ci_high)]}}
+        for base in BASELINES:
+            bk = ("plain", task, metric, base, -1)
+            if bk in res.boot:
+                r = res.row(*bk)
+                x[base] = {"score": float(r.score), "ci": [float(r.ci_low), float(r.ci_high)]}
+                x[f"values_minus_{base}"] = res.diff(key, bk)
+        for cond in tr.conditions:
+            if cond != "plain":
+                cb = res.best(cond, task)
+                x[cond] = {"layer": int(cb.layer), "score": float(cb.score)}
+                x[f"{cond}_minus_plain"] = res.mean_diff(cond, "plain", task, affected_layers(tr, cond))
+        if task == "text query":
+            x["other_classes"] = float(res.row("plain", task, TASKS[task][1][0], "values", int(b.layer)).score)
+            x["true_minus_other"] = res.diff(key, ("plain", task, TASKS[task][1][0], "values", int(b.layer)))
+        out[task] = x
     return out
 
 
-__all__ = ["INK", "MIN_FRACTION", "balanced_accuracy_from_counts", "by_cell", "cell_edges", "correspondence", "few_shot_segmentation", "flip_images",
-           "flip_map", "foreground_masks", "input_agnostic", "key_variance", "late_layers", "miou_from_counts", "nearest_cells",
-           "query_auroc", "query_scores", "segmentation_episodes", "shift_images", "shift_map", "shift_pixels"]
+__all__ = ["BASELINES", "CONDITIONS", "KINDS", "TASKS", "VIEWS", "Perception", "TokensRun", "affected_layers",
+           "check_param", "features", "findings", "measure", "query_vectors"]

@@ -1,20 +1,25 @@
 """Chapter 05 (paper B): the ground-truth rule, the correspondence and query scores, the input-agnostic-key rule
 on synthetic inputs with known answers; the chapter pipeline end to end on a tiny model (cache, conditions,
-record); the notebook (parameters, then papermill with small parameters and nbval)."""
+record); a re-run on complete stores loads no model, in process and through the notebook; the notebook
+(parameters, then papermill with small parameters and nbval)."""
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 from notebook_tools import RECORD, assert_nbval, outputs, run_papermill
 
-from probekit import visual_tokens as vt
-from probekit import visual_tokens_chapter as vtc
-from probekit.errors import ProbekitError
+from probekit.errors import ModelLoadError, ProbekitError
+from probekit.papers.b_visual_tokens import analysis, charts, claims
+from probekit.papers.b_visual_tokens import chapter as vtc
+from probekit.papers.b_visual_tokens import readouts as vt
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "05_visual_tokens.ipynb"
 
 
@@ -155,7 +160,7 @@ def test_chapter_pipeline_end_to_end_and_cached(tiny_dirs, tmp_path):
     model = str(tiny_dirs["llava"])
     tr = vtc.run(model, n_per_class=3, cache_dir=tmp_path, seed=0)
     assert not tr.from_cache and tr.grid == (4, 4) and tr.layers == [1, 2, 3] and tr.late == [2, 3]
-    assert set(tr.stores) == {(c, v) for c in tr.conditions for v in vtc.VIEWS}
+    assert set(tr.stores) == {(c, v) for c in tr.conditions for v in analysis.VIEWS}
     assert tr.masks.shape == (30, 16) and tr.causality["keys"] < 1e-5 and tr.causality["values"] < 1e-5
     # the rule: late layers (2, 3 of 3) only, ratio below the threshold; what it finds is what gets blocked
     assert tr.block_source == "rule" and tr.block == tr.agnostic and tr.agnostic  # this tiny model has some
@@ -173,9 +178,9 @@ def test_chapter_pipeline_end_to_end_and_cached(tiny_dirs, tmp_path):
     np.testing.assert_allclose(blocked.array("values", 1), plain.array("values", 1), atol=1e-6)
     assert np.abs(blocked.array("values", 2) - plain.array("values", 2)).max() > 1e-5
 
-    res = vtc.measure(tr, shots=3, episodes=2, n_boot=50)
+    res = analysis.measure(tr, shots=3, episodes=2, n_boot=50)
     t = res.table
-    assert set(t.task) == set(vtc.TASKS) and set(t.condition) == {"plain", "prefix", "blocked"}
+    assert set(t.task) == set(analysis.TASKS) and set(t.condition) == {"plain", "prefix", "blocked"}
     assert set(t[t.condition == "plain"].kind) == {"values", "keys", "hidden", "vision encoder", "projector"}
     assert not ((t.task == "text query") & (t.kind == "vision encoder")).any()  # no text side, no query
     assert t.score.between(0, 1).all() and (t.ci_low <= t.ci_high + 1e-12).all()
@@ -186,29 +191,30 @@ def test_chapter_pipeline_end_to_end_and_cached(tiny_dirs, tmp_path):
     # the prefix cannot change block 1's values: the measured difference there is exactly zero
     z = res.mean_diff("prefix", "plain", "segmentation", [1])
     assert z["diff"] == 0.0 and z["ci"] == [0.0, 0.0]
-    assert vtc.affected_layers(tr, "prefix") == [2, 3] and vtc.affected_layers(tr, "blocked") == [3]
+    assert analysis.affected_layers(tr, "prefix") == [2, 3] and analysis.affected_layers(tr, "blocked") == [3]
 
-    rec = vtc.record_payload(tr, res)
-    rows = vtc.status_rows(rec)
+    rec = claims.record_payload(tr, res)
+    rows = claims.status_rows(rec)
     # the record travels through the notebook as JSON with sorted keys: the rows must not change
-    assert vtc.status_rows(json.loads(json.dumps(rec, sort_keys=True, default=str))) == rows
+    assert claims.status_rows(json.loads(json.dumps(rec, sort_keys=True, default=str))) == rows
     assert all(r.startswith("| (B) ") and r.count(" | ") == 3 for r in rows)
     assert all("**confirmed**" in r or "**secondary**" in r or "**unknown**" in r for r in rows)
     assert any("input-agnostic late-layer keys" in r for r in rows) and any("not run" in r for r in rows)
-    assert all(r.split("|")[3].strip() == "not measured in this build" for r in vtc.status_rows(None))
-    for chart in (vtc.perception_chart(tr, res), vtc.conditions_chart(tr, res), vtc.variance_chart(tr)):
+    assert all(r.split("|")[3].strip() == "not measured in this build" for r in claims.status_rows(None))
+    for chart in (charts.perception_chart(tr, res), charts.conditions_chart(tr, res), charts.variance_chart(tr)):
         spec = chart.to_dict()
         assert spec["usermeta"]["caption"].startswith(f"Model: {model}") and "seed = 0" in spec["usermeta"]["caption"]
-    assert "foreground" in vtc.masks_html(tr) and len(vtc.summary_table(tr, res)) == len(vtc.TASKS)
-    assert "are input-agnostic" in vtc.agnostic_note(tr) and "**prefix**" in vtc.conditions_note(tr, res)
+    assert "foreground" in charts.masks_html(tr) and len(claims.summary_table(tr, res)) == len(analysis.TASKS)
+    assert "are input-agnostic" in claims.agnostic_note(tr) and "**prefix**" in claims.conditions_note(tr, res)
 
-    # a second run re-uses every store: nothing is rewritten
+    # a second run re-uses every store: nothing is rewritten (a run without a model: below)
     mtimes = {p: p.stat().st_mtime_ns for p in Path(tmp_path).rglob("shard-*.safetensors")}
     again = vtc.run(model, n_per_class=3, cache_dir=tmp_path, seed=0, lm=tr.lm)
     assert again.from_cache and again.block == tr.block
     assert {p: p.stat().st_mtime_ns for p in Path(tmp_path).rglob("shard-*.safetensors")} == mtimes
     np.testing.assert_array_equal(again.stores[("plain", "flip")].array("values"),
                                   tr.stores[("plain", "flip")].array("values"))
+    np.testing.assert_array_equal(again.queries["values"], tr.queries["values"])
     with pytest.raises(ProbekitError, match="not supported"):
         vtc.run(model, dataset="digits", cache_dir=tmp_path, lm=tr.lm)
     with pytest.raises(ProbekitError, match="shift=4 must be between 1 and 3"):
@@ -216,7 +222,7 @@ def test_chapter_pipeline_end_to_end_and_cached(tiny_dirs, tmp_path):
     with pytest.raises(ProbekitError, match="n_per_class"):
         vtc.run(model, n_per_class=1, cache_dir=tmp_path, lm=tr.lm)
     with pytest.raises(ProbekitError, match="shots=20"):
-        vtc.measure(tr, shots=20)
+        analysis.measure(tr, shots=20)
 
 
 def test_stand_ins_when_the_rule_finds_nothing_and_the_threshold_decides(tiny_dirs, tmp_path):
@@ -227,12 +233,76 @@ def test_stand_ins_when_the_rule_finds_nothing_and_the_threshold_decides(tiny_di
     assert none.agnostic == {} and none.block_source == "stand-in" and list(none.block) == [2, 3]
     for l, (t,) in none.block.items():
         assert none.variance[none.layers.index(l), t] == none.variance[none.layers.index(l)].min()
-    assert "stand-ins" in vtc.agnostic_note(none) and set(none.conditions) == {"plain", "blocked"}
+    assert "stand-ins" in claims.agnostic_note(none) and set(none.conditions) == {"plain", "blocked"}
     every = vtc.run(model, n_per_class=2, cache_dir=tmp_path, prefix=None, agnostic_threshold=10.0, lm=none.lm)
     assert every.block_source == "rule" and every.block == every.agnostic == {2: list(range(16)), 3: list(range(16))}
     off = vtc.run(model, n_per_class=2, cache_dir=tmp_path, prefix=None, agnostic_threshold=1e-9, block_fallback=0,
                   lm=none.lm)
     assert off.block == {} and off.block_source is None and set(off.conditions) == {"plain"}
+
+
+def _refuse_models(monkeypatch):
+    """Every way the chapter could build the model (or its processor) raises from here on."""
+    import transformers
+
+    import probekit.book.context
+    import probekit.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was asked for")
+
+    monkeypatch.setattr(probekit.models, "load_model", refuse)
+    monkeypatch.setattr(probekit.book.context, "load", refuse)
+    for cls in (transformers.AutoProcessor, transformers.AutoTokenizer, transformers.LlavaForConditionalGeneration):
+        monkeypatch.setattr(cls, "from_pretrained", refuse)
+
+
+def _outputs(tr, res):
+    """Everything the notebook shows of a run, as text, and its record."""
+    rec = json.loads(json.dumps(claims.record_payload(tr, res)))
+    tables = [claims.model_facts(tr), claims.causality_table(tr), claims.summary_table(tr, res)]
+    notes = [claims.findings_note(tr, res), claims.agnostic_note(tr), claims.conditions_note(tr, res)]
+    return rec, tables, notes + claims.status_rows(rec)
+
+
+def test_a_rerun_on_complete_stores_loads_no_model(tiny_dirs, tmp_path, monkeypatch):
+    """The first run extracts every store (loading the model once); the second finds them from the model's
+    identity (config + weight hash) with every model loader refusing, and shows exactly the same; a store that
+    goes missing is extracted again, and only it."""
+    model = str(tiny_dirs["llava"])
+    first = vtc.run(model, n_per_class=3, cache_dir=tmp_path, seed=0)
+    assert first.lm is not None and not first.from_cache
+    rec1, tables1, texts1 = _outputs(first, res1 := analysis.measure(first, shots=3, episodes=2, n_boot=50))
+    q = first.query_store
+    assert set(q.quantities) == {"keys", "values", "hidden"} and q.extra["causality"] == first.causality
+    assert q.extra["image_size"] == [first.image_size] * 2 and q.extra["num_layers"] == 3
+
+    with monkeypatch.context() as m:
+        _refuse_models(m)
+        again = vtc.run(model, n_per_class=3, cache_dir=tmp_path, seed=0)
+        assert again.lm is None and again.from_cache
+        res2 = analysis.measure(again, shots=3, episodes=2, n_boot=50)
+        pd.testing.assert_frame_equal(res2.table, res1.table)
+        rec2, tables2, texts2 = _outputs(again, res2)
+        assert rec2 == rec1 and texts2 == texts1
+        for a, b in zip(tables1, tables2):
+            pd.testing.assert_frame_equal(a, b)
+        for chart in (charts.perception_chart(again, res2), charts.conditions_chart(again, res2),
+                      charts.variance_chart(again)):
+            assert chart.to_dict()["usermeta"]["caption"].startswith(f"Model: {model}")
+        assert charts.masks_html(again) == charts.masks_html(first)
+        # another parameter that changes a store: it is missing, so the model is asked for
+        with pytest.raises(AssertionError, match="the model was asked for"):
+            vtc.run(model, n_per_class=3, cache_dir=tmp_path, seed=0, prompt="Describe the image.")
+
+    # a missing store (here: blocked, shifted view) is extracted again; the others are not rewritten
+    gone = again.stores[("blocked", "shift")].root
+    shutil.rmtree(gone)
+    mtimes = {p: p.stat().st_mtime_ns for p in Path(tmp_path).rglob("shard-*.safetensors")}
+    third = vtc.run(model, n_per_class=3, cache_dir=tmp_path, seed=0)
+    assert third.lm is not None and not third.from_cache and (gone / "shard-00000.safetensors").is_file()
+    assert {p: p.stat().st_mtime_ns for p in Path(tmp_path).rglob("shard-*.safetensors") if p.parent != gone} == mtimes
+    assert _outputs(third, analysis.measure(third, shots=3, episodes=2, n_boot=50))[0] == rec1
 
 
 # ---- the notebook -------------------------------------------------------------------------------------------------
@@ -254,5 +324,34 @@ def test_notebook_papermill_then_nbval(tiny_dirs, tmp_path):
     html = "\n".join(outputs(nb, "text/html"))
     assert html.count("altair-viz-") >= 3 and f"Model: {model}" in html and "seed = 0" in html
     rec = next(outputs(nb, RECORD))
-    assert rec["name"] == vtc.RECORD_NAME and rec["grid"] == [2, 2] and rec["blocks"] == 3
+    assert rec["name"] == claims.RECORD_NAME and rec["grid"] == [2, 2] and rec["blocks"] == 3
     assert_nbval(out)
+
+
+def _shown(nb) -> list[str]:
+    """The notebook's tables and texts as rendered (altair's random element ids aside)."""
+    return [re.sub(r"altair-viz-[0-9a-f]+", "altair-viz-X", t) for mime in ("text/html", "text/markdown", "text/plain")
+            for t in outputs(nb, mime)]
+
+
+@pytest.mark.slow
+def test_notebook_twice_the_second_time_without_a_loadable_model(tiny_dirs, tmp_path):
+    """The notebook on a model directory; then everything that building the model needs beyond its identity is
+    deleted (tokenizer, processor, chat template: only config.json, which names the architecture, and the weight
+    files, whose hash is the identity, remain), so the model cannot be loaded; the second run shows the same."""
+    from probekit.models import load_model
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dirs["llava"], model)
+    params = {"model_id": str(model), "n_per_class": 3, "shots": 3, "cache_dir": str(tmp_path / "cache"), "seed": 0}
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    first = nbformat.read(run_papermill("05_visual_tokens", tmp_path / "1", params), as_version=4)
+    for f in model.iterdir():
+        if f.name != "config.json" and f.suffix != ".safetensors":
+            f.unlink()
+    with pytest.raises(ModelLoadError):
+        load_model(str(model), dtype="float32", device="cpu")
+    second = nbformat.read(run_papermill("05_visual_tokens", tmp_path / "2", params), as_version=4)
+    assert next(outputs(second, RECORD)) == next(outputs(first, RECORD))
+    assert _shown(second) == _shown(first)
