@@ -221,8 +221,8 @@ def status_page(records: Mapping) -> str:
         "see chapter 2" if st else na, f"`{st['model']}`" if st else "—")
     from ..papers.b_visual_tokens.chapter import RECORD_NAME as _VT
     from ..papers.b_visual_tokens.chapter import status_rows as _vt_rows
-    from ..papers.c_layer_selection.chapter import RECORD_NAME as _VL
-    from ..papers.c_layer_selection.chapter import status_rows as _vl_rows
+    from ..papers.c_layer_selection.claims import RECORD_NAME as _VL
+    from ..papers.c_layer_selection.claims import status_rows as _vl_rows
 
     lines += _vt_rows(records.get(_VT))  # paper B (chapter 5), rows marked (B), same table
     lines += _vl_rows(records.get(_VL))  # paper C (chapter 6), rows marked (C), same table
