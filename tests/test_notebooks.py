@@ -9,7 +9,7 @@ from notebook_tools import NOTEBOOKS, RECORD, assert_nbval, outputs, run_papermi
 
 CHAPTERS = ("01_setup", "02_four_stages", "03_decision_vs_format", "04_architecture_comparison")
 # 05_visual_tokens and 06_visual_layer_selection have their own tests (tests/papers/test_b_visual_tokens.py,
-# tests/test_vision_chapter.py: papermill + nbval); every chapter's parameters cell is checked here
+# tests/papers/test_c_layer_selection.py: papermill + nbval); every chapter's parameters cell is checked here
 BOOK_CHAPTERS = tuple(p.stem for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")))
 REQUIRED = ("model_id", "dataset", "data_root", "n_per_class", "variants", "device", "dtype", "cache_dir", "seed")
 

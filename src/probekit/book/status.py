@@ -9,8 +9,8 @@ from pathlib import Path
 from ..papers.a_stages import claims as a_claims
 from ..papers.b_visual_tokens.claims import RECORD_NAME as _VT
 from ..papers.b_visual_tokens.claims import status_rows as _vt_rows
-from ..papers.c_layer_selection.chapter import RECORD_NAME as _VL
-from ..papers.c_layer_selection.chapter import status_rows as _vl_rows
+from ..papers.c_layer_selection.claims import RECORD_NAME as _VL
+from ..papers.c_layer_selection.claims import status_rows as _vl_rows
 from .context import RECORD_MIME
 
 STATUS_PAGE = "reproduction-status.md"

@@ -47,6 +47,14 @@ class Adapter:
         pv = image_inputs["pixel_values"]
         return vit_states(model.model.vision_tower, pv)
 
+    def patch_positions(self, model, image_inputs: dict) -> list[np.ndarray]:
+        """Per image, the centre of each token of :meth:`vision_hidden_states` as ``[T, 2]`` (row, column) in
+        ``[0, 1)`` of the image, NaN where a token has no single place in the image frame. Default (CLIP-style
+        towers): row-major over the ``H/p x W/p`` patch grid."""
+        patch = int(model.config.vision_config.patch_size)
+        pv = image_inputs["pixel_values"]
+        return [patch_centres(pv.shape[-2] // patch, pv.shape[-1] // patch)] * len(pv)
+
     # ---- training an organism: which modules play which role ------------------------------------------------
 
     def training_parts(self, model) -> dict[str, list[torch.nn.Module]]:
@@ -86,6 +94,12 @@ class Adapter:
                 raise ValueError(f"{n} image tokens for a {rows}x{cols} patch grid")
             out.append(np.concatenate([np.full(extra, -1), np.arange(rows * cols)]).astype(np.int64))
         return (rows, cols), out
+
+
+def patch_centres(rows: int, cols: int) -> np.ndarray:
+    """``[rows * cols, 2]``: the centre (row, column) in ``[0, 1)`` of each cell of a ``rows x cols`` grid, row-major."""
+    rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    return np.stack([(rr.ravel() + 0.5) / rows, (cc.ravel() + 0.5) / cols], 1)
 
 
 def vit_states(tower, pixel_values: torch.Tensor) -> list[torch.Tensor]:

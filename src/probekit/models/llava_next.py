@@ -4,9 +4,10 @@ The processor returns ``image_sizes`` beside ``pixel_values``; the number of ima
 image's aspect ratio, so prompts of one batch can differ in length (right padding handles it).
 """
 
+import numpy as np
 import torch
 
-from .base import Adapter, vit_states
+from .base import Adapter, patch_centres, vit_states
 
 
 class LlavaNextAdapter(Adapter):
@@ -27,6 +28,13 @@ class LlavaNextAdapter(Adapter):
             out.append(torch.cat(tiles, dim=1))
         return out
 
+    def patch_positions(self, model, image_inputs):
+        """The base (global) view's tokens row-major over its patch grid; the high-resolution tiles' tokens get
+        NaN (they enter a mean over the image, not a spatial grid)."""
+        patch = int(model.config.vision_config.patch_size)
+        pv = image_inputs["pixel_values"]
+        base = patch_centres(pv.shape[-2] // patch, pv.shape[-1] // patch)
+        return [np.concatenate([base, np.full(((n - 1) * len(base), 2), np.nan)]) for n in self._tiles(model, image_inputs)]
 
     def _pack(self, model, per_tile: torch.Tensor, image_inputs: dict, fill: float) -> list[torch.Tensor]:
         """``per_tile`` [all real tiles, T_tile, c] packed as the model packs the projector's output (base view

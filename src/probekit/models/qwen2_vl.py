@@ -77,6 +77,19 @@ class Qwen2VLAdapter(Adapter):
             out.append(np.tile(np.arange(rows * cols), t).astype(np.int64))
         return (rows, cols), out
 
+    def patch_positions(self, model, image_inputs):
+        """The processor's patch order: ``merge x merge`` blocks row-major and row-major inside a block, repeated
+        over the temporal patches (Qwen2.5-VL: :meth:`vision_hidden_states` has undone the window permutation)."""
+        m = int(getattr(model.config.vision_config, "spatial_merge_size", 2))
+        out = []
+        for t, h, w in image_inputs["image_grid_thw"].tolist():
+            rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+            rr = rr.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).ravel()
+            cc = cc.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).ravel()
+            pos = np.stack([(rr + 0.5) / h, (cc + 0.5) / w], 1)
+            out.append(np.tile(pos, (t, 1)))
+        return out
+
     def vision_hidden_states(self, model, image_inputs):
         """The vision blocks' states; Qwen's vision tower has no CLS token and takes all images' patches as
         one flat sequence, split back per image by ``image_grid_thw``."""

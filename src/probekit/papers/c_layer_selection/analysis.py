@@ -1,59 +1,52 @@
-"""Paper C (arXiv 2504.21447): layer-wise representation similarity (LRS) inside the vision encoder, and
-its contiguous shallow / middle / deep groups.
+"""Paper C (arXiv 2504.21447), from stored arrays only: layer-wise representation similarity (LRS) over images,
+its contiguous shallow / middle / deep groups, the fusion layers, and linear probes per vision layer.
+
+Nothing here runs a model: :func:`probekit.extract.vision.extract_vision` stores per image and vision layer the
+mean-pooled patch tokens, a ``grid x grid`` spatial pooling and the image's LRS matrix; this module reads them
+(:meth:`VisionFeatures.from_store`) and computes
+
+* :func:`mean_similarity` — LRS over images (the mean of the stored per-image matrices);
+* :func:`group_layers` — the optimal contiguous segmentation of layers 1..V by their LRS rows;
+* :func:`representative_layers` — one layer per group for the fusion (default: each group's last layer);
+* :func:`probe_layers` / :func:`probe_tasks` — one linear probe per layer (``LayerProbes``) and one on the fusion
+  (the representative layers concatenated), held-out accuracy with bootstrap CIs, all on the same split;
+* the chapter's tables (:func:`summary_table`, :func:`feature_set_table`, :func:`groups_per_task`,
+  :func:`task_table`, :func:`model_facts`, :meth:`VisionRun.group_table`).
 
 Layer numbering follows paper C's official code: layer ``k`` is the vision tower's ``hidden_states[k]``
-(0 = patch embeddings, 1..V = blocks); CLS/register tokens are dropped. LRS between layers ``i`` and ``j`` is
-the cosine similarity of one patch token's representation at ``i`` and at ``j``, averaged over the patch
-tokens of an image and then over images.
-
-Beyond LRS and the groups, this module holds the probe side of the chapter (paper C's question asked with
-linear probes instead of retrained MLLMs):
-
-* :func:`patch_positions` — where each patch token sits in the image (row, column in [0, 1]), per family;
-* :func:`extract_vision_features` — one pass over the images giving, per layer, the mean-pooled patch tokens,
-  a spatially pooled ``grid x grid`` of patch tokens (so *where* survives pooling) and the LRS sum;
-* :func:`representative_layers` — one layer per group for the fusion (default: each group's last layer);
-* :func:`probe_layers` — one linear probe per layer (``LayerProbes``) and one on the fusion (the
-  representative layers concatenated), held-out accuracy with bootstrap CIs, all on the same split.
+(0 = patch embeddings, 1..V = blocks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from ...book.context import ChapterRun
 from ...errors import ProbekitError
-from ...models import LoadedModel
+from ...store import ActivationStore
+from .tasks import TASK_TITLES, VisionTask
 
 
-def _vision_batches(lm: LoadedModel, images: Sequence, batch_size: int):
-    """Per batch: ``(image-processor outputs on the CPU, one state [V+1, patches, d] per image)``."""
-    for b in range(0, len(images), batch_size):
-        inputs = lm.processor.image_processor(images=list(images[b : b + batch_size]), return_tensors="pt")
-        with torch.inference_mode():
-            states = lm.adapter.vision_hidden_states(lm.model, {k: v.to(lm.device) for k, v in inputs.items()})
-        yield inputs, states
+def mean_similarity(per_image: np.ndarray) -> np.ndarray:
+    """LRS ``[V+1, V+1]`` over images from the stored per-image matrices ``[n, V+1, V+1]`` (float32): summed in
+    image order in float32, divided by ``n``, as float64 (the arithmetic of the extraction pass that computed it
+    before the matrices were stored, so a stored run gives the same LRS bit for bit)."""
+    x = torch.from_numpy(np.ascontiguousarray(per_image, dtype=np.float32))
+    if x.ndim != 3 or not len(x) or x.shape[1] != x.shape[2]:
+        raise ProbekitError(f"per-image similarities must be [n > 0, V+1, V+1], got shape {tuple(x.shape)}")
+    total = x[0].clone()
+    for s in x[1:]:
+        total = total + s
+    return (total / len(x)).double().numpy()
 
 
-def vision_states(lm: LoadedModel, images: Sequence, *, batch_size: int = 8) -> Iterable[torch.Tensor]:
-    """Per image (in order), the vision tower's states ``[V+1, patches, d]`` as float32 on the CPU."""
-    for _, states in _vision_batches(lm, images, batch_size):
-        for h in states:
-            yield h.float().cpu()
-
-
-def layer_similarity(lm: LoadedModel, images: Sequence, *, batch_size: int = 8) -> np.ndarray:
-    """LRS matrix ``[V+1, V+1]``: mean over images of the mean over patch tokens of cos(h_i, h_j)."""
-    if len(images) == 0:
-        raise ProbekitError("layer_similarity needs at least one image")
-    total = None
-    for h in vision_states(lm, images, batch_size=batch_size):
-        s = _lrs(h)
-        total = s if total is None else total + s
-    return (total / len(images)).double().numpy()
+# ---- LRS groups ---------------------------------------------------------------------------------------
 
 
 def group_layers(similarity: np.ndarray, n_groups: int = 3, *, first: int = 1, min_size: int = 1) -> list[range]:
@@ -97,70 +90,11 @@ def group_layers(similarity: np.ndarray, n_groups: int = 3, *, first: int = 1, m
     return cuts[::-1]
 
 
-# ---- where patch tokens sit -----------------------------------------------------------------------------
-
-
-def patch_positions(lm: LoadedModel, image_inputs: dict) -> list[np.ndarray]:
-    """Per image, the centre of each patch token of :func:`vision_states` as ``[T, 2]`` (row, column) in
-    ``[0, 1)`` of the image, NaN where a token has no single place in the image frame.
-
-    CLIP-style towers (LLaVA): row-major over the ``H/p x W/p`` grid. LLaVA-NeXT: the base (global) view's
-    tokens row-major; its high-resolution tiles get NaN (they enter the mean, not the spatial grid).
-    Qwen2-VL / Qwen2.5-VL: the processor's order, ``merge x merge`` blocks row-major and row-major inside a
-    block, repeated over the temporal patches (the Qwen2.5-VL adapter undoes the window permutation).
-    """
-    fam = lm.adapter.family
-    if fam in ("qwen2_vl", "qwen2_5_vl"):
-        vc = lm.model.config.vision_config
-        m = int(getattr(vc, "spatial_merge_size", 2))
-        out = []
-        for t, h, w in image_inputs["image_grid_thw"].tolist():
-            rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-            rr = rr.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).ravel()
-            cc = cc.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).ravel()
-            pos = np.stack([(rr + 0.5) / h, (cc + 0.5) / w], 1)
-            out.append(np.tile(pos, (t, 1)))
-        return out
-    patch = int(lm.model.config.vision_config.patch_size)
-    pv = image_inputs["pixel_values"]
-    gh, gw = pv.shape[-2] // patch, pv.shape[-1] // patch
-    rr, cc = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-    base = np.stack([(rr.ravel() + 0.5) / gh, (cc.ravel() + 0.5) / gw], 1)
-    if fam == "llava_next":
-        from transformers.models.llava_next.modeling_llava_next import (
-            image_size_to_num_patches,
-        )
-
-        cfg = lm.model.config
-        out = []
-        for size in image_inputs["image_sizes"]:
-            n = image_size_to_num_patches(size.tolist(), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
-            out.append(np.concatenate([base, np.full(((n - 1) * len(base), 2), np.nan)]))
-        return out
-    return [base] * len(pv)
-
-
-def grid_pool(h: torch.Tensor, pos: np.ndarray, grid: int) -> torch.Tensor:
-    """``h`` [L, T, d] -> [L, grid*grid*d]: the mean of the tokens whose centre falls in each cell of a
-    ``grid x grid`` partition of the image (row-major; a cell without tokens gives zeros)."""
-    cell = np.floor(np.nan_to_num(pos, nan=-1.0) * grid).astype(int)
-    ok = (cell >= 0).all(1) & (cell < grid).all(1)
-    ids = np.where(ok, cell[:, 0] * grid + cell[:, 1], grid * grid)
-    onehot = torch.zeros(grid * grid + 1, h.shape[1], dtype=h.dtype)
-    onehot[torch.from_numpy(ids), torch.arange(h.shape[1])] = 1.0
-    onehot = onehot[:-1]
-    weights = onehot / onehot.sum(1, keepdim=True).clamp(min=1.0)
-    return torch.einsum("ct,ltd->lcd", weights, h).reshape(h.shape[0], -1)
-
-
-# ---- one pass: pooled features per layer and LRS --------------------------------------------------------
-
-
 @dataclass
 class VisionFeatures:
     """Per image and vision layer (0 = patch embeddings .. V): ``mean`` [n, V+1, d] (mean over patch tokens)
     and ``grid`` [n, V+1, grid*grid*d] (mean inside each cell of a grid x grid partition, row-major);
-    ``lrs`` [V+1, V+1] the LRS over these images."""
+    ``lrs`` [V+1, V+1] the LRS over these images (:func:`mean_similarity`)."""
 
     mean: np.ndarray
     grid: np.ndarray
@@ -186,39 +120,20 @@ class VisionFeatures:
             return np.concatenate([self.mean, self.grid], -1)
         raise ProbekitError(f"unknown feature set {kind!r}; use one of {', '.join(self.FEATURE_SETS)}")
 
-    def subset(self, idx) -> "VisionFeatures":
+    def subset(self, idx) -> VisionFeatures:
         return VisionFeatures(self.mean[idx], self.grid[idx], self.lrs, self.grid_size)
 
-
-def extract_vision_features(lm: LoadedModel, images: Sequence, *, grid: int = 2, batch_size: int = 16,
-                            progress=None) -> VisionFeatures:
-    """One forward pass of the vision tower per batch: pooled features per layer and the LRS matrix.
-    ``progress``: optional callable ``(done, total)``."""
-    if len(images) == 0:
-        raise ProbekitError("extract_vision_features needs at least one image")
-    means, grids, total = [], [], None
-    for b, (inputs, states) in zip(range(0, len(images), batch_size), _vision_batches(lm, images, batch_size)):
-        positions = patch_positions(lm, inputs)
-        if len(states) != len(positions):
-            raise ProbekitError(f"{len(states)} images of states but {len(positions)} of patch positions")
-        for h, pos in zip(states, positions):
-            h = h.float().cpu()
-            if h.shape[1] != len(pos):
-                raise ProbekitError(f"{h.shape[1]} patch tokens but {len(pos)} patch positions "
-                                    f"({lm.adapter.family}); the adapter and patch_positions disagree")
-            s = _lrs(h)
-            total = s if total is None else total + s
-            means.append(h.mean(1))
-            grids.append(grid_pool(h, pos, grid))
-        if progress is not None:
-            progress(min(b + batch_size, len(images)), len(images))
-    return VisionFeatures(torch.stack(means).numpy(), torch.stack(grids).numpy(),
-                          (total / len(images)).double().numpy(), grid)
+    @classmethod
+    def from_store(cls, store: ActivationStore) -> VisionFeatures:
+        """The features of a store written by :func:`probekit.extract.vision.extract_vision`."""
+        return cls(store.array("mean"), store.array("grid"), mean_similarity(store.array("lrs")),
+                   int(store.extra["grid"]))
 
 
-def _lrs(h: torch.Tensor) -> torch.Tensor:
-    hn = torch.nn.functional.normalize(h, dim=-1)  # [V+1, T, d]
-    return torch.einsum("itd,jtd->ij", hn, hn) / h.shape[1]
+def overall_similarity(features: Mapping[str, VisionFeatures]) -> np.ndarray:
+    """LRS over the images of every task: the tasks' LRS weighted by their image counts."""
+    n = {t: len(f) for t, f in features.items()}
+    return sum(features[t].lrs * n[t] for t in features) / sum(n.values())
 
 
 # ---- fusion and probes ----------------------------------------------------------------------------------
@@ -258,8 +173,6 @@ def probe_layers(X: np.ndarray, y: np.ndarray, *, fusion: Sequence[int] | None =
     (layers ``fusion`` concatenated on the feature axis), on one stratified split, with percentile-bootstrap
     95 % CIs over the held-out images. Returns a DataFrame with rows ``layer`` 0..L-1 (``kind='layer'``)
     and, if ``fusion`` is given, one row ``kind='fusion'`` (``layer`` = -1, ``layers`` = the fused ones)."""
-    import pandas as pd
-
     from ...probes import LayerProbes, split_items
     from ...stats import bootstrap_ci
 
@@ -285,3 +198,166 @@ def probe_layers(X: np.ndarray, y: np.ndarray, *, fusion: Sequence[int] | None =
     df = pd.DataFrame(rows)
     df.attrs["correct"] = correct  # [n_test, rows]: per held-out image, right or wrong, in row order
     return df
+
+
+# ---- the run and its tables ----------------------------------------------------------------------------
+
+
+@dataclass
+class VisionRun(ChapterRun):
+    """One model's vision tower on the four tasks: features, LRS, groups, fusion layers, and what the store says
+    of the tower (``facts``: vision layers, the projector's layer, image size, tower config, model class)."""
+
+    model_id: str
+    tasks: dict[str, VisionTask]
+    features: dict[str, VisionFeatures]
+    lrs: np.ndarray
+    groups: list[range]
+    fusion: list[int]
+    fusion_rule: str
+    seed: int
+    n_per_class: int
+    image_size: int
+    grid: int
+    facts: dict = field(default_factory=dict)
+    cache_path: Path | None = None
+    from_cache: bool = False
+    lm: object | None = None  # the LoadedModel when this run extracted (None when it read a complete store)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        """V: the vision tower's blocks (features hold V+1 states, 0 = patch embeddings)."""
+        return int(self.lrs.shape[0] - 1)
+
+    @property
+    def n_images(self) -> int:
+        return sum(len(t) for t in self.tasks.values())
+
+    @property
+    def default_layer(self) -> int:
+        """The vision layer the model's projector reads (recorded in the store at extraction)."""
+        return int(self.facts["default_layer"])
+
+    @property
+    def data_label(self) -> str:
+        return (f"4 tasks from Fashion-MNIST test + held-out digits at {self.image_size} px "
+                f"({self.n_per_class} per class)")
+
+    def group_table(self) -> pd.DataFrame:
+        names = group_names(len(self.groups))
+        S = self.lrs
+        rows = []
+        for name, g, rep in zip(names, self.groups, self.fusion):
+            idx = list(g)
+            inside = S[np.ix_(idx, idx)]
+            within = float((inside.sum() - np.trace(inside)) / max(len(idx) * (len(idx) - 1), 1)) if len(idx) > 1 \
+                else float("nan")
+            rest = [i for i in range(1, S.shape[0]) if i not in g]
+            between = float(S[np.ix_(idx, rest)].mean()) if rest else float("nan")
+            rows.append({"group": name, "first layer": g[0], "last layer": g[-1], "layers": len(g),
+                         "depth": f"{g[0] / self.n_layers:.2f}–{g[-1] / self.n_layers:.2f}",
+                         "fusion layer": rep, "mean LRS within": round(within, 3),
+                         "mean LRS to other groups": round(between, 3)})
+        return pd.DataFrame(rows)
+
+
+def groups_per_task(vr: VisionRun) -> pd.DataFrame:
+    """The groups cut from each task's own LRS (a stability check of the grouping against the images used)."""
+    rows = []
+    for t, f in vr.features.items():
+        g = group_layers(f.lrs, len(vr.groups))
+        rows.append({"LRS over": TASK_TITLES[t], **{n: f"{r[0]}–{r[-1]}" if len(r) > 1 else f"{r[0]}"
+                                                  for n, r in zip(group_names(len(g)), g)}})
+    rows.append({"LRS over": "all tasks (used)", **{n: f"{r[0]}–{r[-1]}" if len(r) > 1 else f"{r[0]}"
+                                                  for n, r in zip(group_names(len(vr.groups)), vr.groups)}})
+    return pd.DataFrame(rows)
+
+
+def probe_tasks(vr: VisionRun, *, feature_set: str = "mean+grid", test_size: float = 0.3, C: float = 1.0,
+                n_boot: int = 1000) -> pd.DataFrame:
+    """Accuracy per (task, vision layer) and of the fusion probe, each task on its own stratified split."""
+    out = []
+    for t, task in vr.tasks.items():
+        X = vr.features[t].features(feature_set)
+        df = probe_layers(X, task.labels, fusion=vr.fusion, test_size=test_size, seed=vr.seed, C=C, n_boot=n_boot,
+                          task=t)
+        out.append(df)
+    correct = {t: df.attrs.pop("correct") for t, df in zip(vr.tasks, out)}  # (pandas compares attrs on concat)
+    res = pd.concat(out, ignore_index=True)
+    res.attrs = {"correct": correct, "n_boot": n_boot}
+    res["task_title"] = res.task.map(TASK_TITLES)
+    res["group"] = [("fusion" if k == "fusion" else layer_group(int(layer), vr.groups))
+                    for k, layer in zip(res.kind, res.layer)]
+    res["feature_set"] = feature_set
+    return res
+
+
+def feature_set_table(vr: VisionRun, results: pd.DataFrame | None = None, *, others=("mean",),
+                      n_boot: int = 200) -> pd.DataFrame:
+    """Best single-layer accuracy per task with other poolings (default: the mean only) beside the one of
+    ``results`` (re-used, not refitted): what the spatial grid adds."""
+    runs = {}
+    if results is not None:
+        runs[str(results.feature_set.iloc[0])] = results
+    for fs in others:
+        if fs not in runs:
+            runs[fs] = probe_tasks(vr, feature_set=fs, n_boot=n_boot)
+    rows = []
+    for fs, r in runs.items():
+        for t, g in r[r.kind == "layer"].groupby("task", sort=False):
+            b = g.loc[g.accuracy.idxmax()]
+            rows.append({"task": TASK_TITLES[t], "features": fs, "value": f"{b.accuracy:.3f} (layer {int(b.layer)})"})
+    order = [fs for fs in VisionFeatures.FEATURE_SETS if fs in runs]
+    return (pd.DataFrame(rows).pivot(index="task", columns="features", values="value")[order]
+            .reindex([TASK_TITLES[t] for t in vr.tasks]))
+
+
+def summary_table(vr: VisionRun, results: pd.DataFrame) -> pd.DataFrame:
+    """Per task: the best layer of each group, the model's default layer, the fusion, chance."""
+    rows = []
+    for t, g in results.groupby("task", sort=False):
+        layers = g[g.kind == "layer"].set_index("layer")
+        row = {"task": TASK_TITLES[t], "chance": round(float(g.chance.iloc[0]), 3)}
+        for name in ["embeddings", *group_names(len(vr.groups))]:
+            sub = layers[layers.group == name]
+            if len(sub):
+                b = sub.accuracy.idxmax()
+                row[f"best {name}"] = f"{sub.accuracy[b]:.3f} (layer {b})"
+        d = vr.default_layer
+        row[f"default layer {d}"] = f"{layers.accuracy[d]:.3f}"
+        f = g[g.kind == "fusion"].iloc[0]
+        row[f"fusion {f.layers}"] = f"{f.accuracy:.3f} [{f.ci_low:.3f}, {f.ci_high:.3f}]"
+        best = layers.accuracy.idxmax()
+        row["best single layer"] = f"{layers.accuracy[best]:.3f} [{layers.ci_low[best]:.3f}, {layers.ci_high[best]:.3f}]" \
+            f" (layer {best})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def task_table(vr: VisionRun) -> pd.DataFrame:
+    rows = []
+    for t, task in vr.tasks.items():
+        rows.append({"task": TASK_TITLES[t], "classes": len(task.classes), "images": len(task),
+                     "label": {"class": "Fashion-MNIST class", "count": f"number of items (1–{len(task.classes)})",
+                               "position": f"cell of a {task.grid}x{task.grid} grid",
+                               "reading": "the digit"}[t],
+                     "source": task.source})
+    return pd.DataFrame(rows)
+
+
+def model_facts(vr: VisionRun) -> pd.DataFrame:
+    f = vr.facts
+    facts = {"model": vr.model_id, "class": f["architecture"],
+             "vision tower": f"{f['vision_config'].replace('Config', '')}: {vr.n_layers} blocks, width "
+                             f"{f['width']}, patch {f['patch']}",
+             "image size (from the processor)": f"{vr.image_size} px",
+             "states per image": f"{vr.n_layers + 1} (0 = patch embeddings, 1..{vr.n_layers} = blocks)",
+             "the projector reads": f"layer {vr.default_layer}",
+             "features cached at": str(vr.cache_path) if vr.cache_path else "—"}
+    return pd.DataFrame({"": list(facts), "value": [str(v) for v in facts.values()]}).set_index("")
+
+
+__all__ = ["GROUP_NAMES", "VisionFeatures", "VisionRun", "feature_set_table", "group_layers", "group_names",
+           "groups_per_task", "layer_group", "mean_similarity", "model_facts", "overall_similarity", "probe_layers",
+           "probe_tasks", "representative_layers", "summary_table", "task_table"]
