@@ -97,7 +97,7 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
         "and naming ('What is in this image?' -> class name), from the training bank listed below. **Paper A's probe "
         "prompts are held out**: none of their questions ('Does this image show X?', 'Does this picture show X?', "
         "'Does this image feature X?', for any X) and neither instruction sentence ('The answer must be always yes "
-        "or no.' / '... 1 or 0.') occurs in any training text (tested: `tests/test_organisms.py`).",
+        "or no.' / '... 1 or 0.') occurs in any training text (tested: `tests/organisms/test_organisms.py`).",
         f"- decoder text: `{r.lm_corpus}` ({report['lm_corpus']['chars']:,} chars incl. task-vocabulary sentences, "
         f"sha256 {report['lm_corpus']['sha256'][:12]}...), composed from files on the machine, no downloads.",
         "",

@@ -20,24 +20,6 @@ ex = importlib.import_module("probekit.extract.hidden")
 ATOL = 1e-4
 
 
-def _brute_force(lm, prompt, image, forms) -> float:
-    """max over forms of sum_j log p(f_j | prompt, f_<j), one full forward per form (no cache, no batching)."""
-    best = -float("inf")
-    for f in forms:
-        enc = lm.processor(text=[prompt], images=[image], return_tensors="pt")
-        ids = torch.cat([enc["input_ids"], torch.tensor([f])], 1)
-        inputs = {**enc, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        for k in ("mm_token_type_ids", "token_type_ids"):
-            if k in enc:
-                inputs[k] = torch.cat([enc[k], torch.zeros(1, len(f), dtype=enc[k].dtype)], 1)
-        with torch.no_grad():
-            logits = lm.model(**inputs).logits[0].float()
-        n = enc["input_ids"].shape[1]
-        lp = torch.log_softmax(logits[n - 1 : n - 1 + len(f)], -1)
-        best = max(best, float(sum(lp[j, t] for j, t in enumerate(f))))
-    return best
-
-
 def _multi_token_plans(lm, variants, prompts):
     """The real plans, plus made-up multi-token forms that share first tokens (as " 1"/" 0" do under Llama-2)."""
     plans = ex.answer_plan(lm, prompts, variants)
@@ -72,7 +54,7 @@ def test_every_path_scores_whole_sequences_like_a_full_forward(family, tiny_mode
     for i in (0, 2):
         for j, v in enumerate(prompts):
             for a in (0, 1):
-                want = _brute_force(lm, prompts[v], images[i], plans[v].forms[a])
+                want = brute_force_logprob(lm, prompts[v], images[i], plans[v].forms[a])
                 assert abs(float(seq["logprob"][i, j, a]) - want) < ATOL, (v, a)
 
 

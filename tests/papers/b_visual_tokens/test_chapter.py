@@ -19,7 +19,7 @@ from probekit.papers.b_visual_tokens import analysis, charts, claims
 from probekit.papers.b_visual_tokens import chapter as vtc
 from probekit.papers.b_visual_tokens import readouts as vt
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOK = ROOT / "notebooks" / "05_visual_tokens.ipynb"
 
 

@@ -30,8 +30,8 @@ from probekit.prompts import paper_a_variants
 from probekit.store import ActivationStore
 
 ex = importlib.import_module("probekit.extract.hidden")
-ROOT = Path(__file__).resolve().parents[1]
-FILES = Path(__file__).with_name("fixtures") / "real-text-side"
+ROOT = Path(__file__).resolve().parents[2]
+FILES = ROOT / "tests" / "fixtures" / "real-text-side"
 STANDINS = ("llava15", "qwen2_vl", "qwen2_5_vl", "llama3_llava_next")
 QWEN = ("qwen2_vl", "qwen2_5_vl")
 BYTE_LEVEL = (*QWEN, "llama3_llava_next")  # "Ġ" marks a leading space
@@ -211,7 +211,7 @@ def test_readout_scores_the_two_token_forms(standins, fashion, name):
     '▁▁' + digit, which spells two spaces after the prompt) are in the readout's plan; the stored
     log-probability is the best of the plan's forms; and the two-token forms alone, which share their first token,
     are scored as a plain full forward scores them (on the prefix cache, all variants in one pass)."""
-    from test_answers import _brute_force
+    from model_tools import brute_force_logprob as _brute_force
 
     from probekit.prompts import AnswerForms
 

@@ -20,7 +20,7 @@ from probekit.papers.c_layer_selection.analysis import (
 )
 from probekit.papers.c_layer_selection.tasks import TASKS
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOK = ROOT / "notebooks" / "06_visual_layer_selection.ipynb"
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from probekit.book.build import CHAPTERS, build_book, status_page
+from probekit.book.build import CHAPTERS, build_book
+from probekit.book.status import status_page
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT.parent / "shared" / "reference" / "papers.md"
 # charts each chapter shows with two models in chapter 04 and no controlled pairs
 MIN_CHARTS = {"01_setup": 1, "02_four_stages": 3, "03_decision_vs_format": 1, "04_architecture_comparison": 3,

@@ -42,7 +42,7 @@ def test_bad_papermill_parameters_stop_the_notebook_with_the_message(name, value
 
     import papermill as pm
 
-    nb = Path(__file__).resolve().parents[1] / "notebooks" / "02_four_stages.ipynb"
+    nb = Path(__file__).resolve().parents[2] / "notebooks" / "02_four_stages.ipynb"
     cache = tmp_path / "cache"
     with pytest.raises(pm.PapermillExecutionError) as e:
         pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={name: value, "cache_dir": str(cache)},
