@@ -1,9 +1,9 @@
-# The front door: `make book` builds the book on the embedded default; `make test` runs the tests (what CI runs).
+# The front door: `make book` builds the book on the embedded default; `make test` runs the fast tests.
 # Both set up everything first (Debian packages, .venv at the versions of constraints/locked.txt) — see
-# scripts/install.sh. `make test` runs the full suite on the locked set, then the fast tests (-m "not slow") on
-# the newest transformers 5.x (.venv-latest: the same lock but transformers, re-resolved on every run; PyPI).
-# `make test-locked` / `make test-latest` run one half each.
-.PHONY: book test install install-latest test-locked test-latest
+# scripts/install.sh. `make test-all` is what CI runs (.ci/run): the whole suite on the locked set (the slow
+# end-to-end tests included: notebooks, the book, training runs, kill -9) and then the fast tests on the newest
+# transformers 5.x (.venv-latest: the same lock but transformers, re-resolved on every run; needs PyPI).
+.PHONY: book test test-all test-locked test-latest install install-latest
 
 install:
 	bash scripts/install.sh
@@ -11,7 +11,10 @@ install:
 book: install
 	.venv/bin/probekit book
 
-test: test-locked test-latest
+test: install
+	.venv/bin/python -m pytest -m "not slow"
+
+test-all: test-locked test-latest
 
 test-locked: install
 	.venv/bin/python -m pytest
