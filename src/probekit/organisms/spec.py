@@ -54,11 +54,11 @@ class Recipe:
     align_batch: int = 32
     align_lr: float = 2e-3
     # phase 4: instruction tuning
-    instruct_steps: int = 1000
+    instruct_steps: int = 1500
     instruct_batch: int = 32
     instruct_lr: float = 1.5e-3
     instruct_mix: tuple[tuple[str, float], ...] = (
-        ("concept_yn", 0.25), ("concept_10", 0.15), ("concept_tf", 0.05), ("class_yn", 0.2), ("naming", 0.35))
+        ("concept_yn", 0.22), ("concept_10", 0.13), ("concept_tf", 0.05), ("class_yn", 0.2), ("naming", 0.4))
     instruct_images: int | None = None  # distinct Fashion-MNIST train images (None = all 60,000)
     digits_fraction: float = 0.3
     # evaluation: Fashion-MNIST images per class of the held-out dev / test half; all of the digits' half

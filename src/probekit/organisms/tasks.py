@@ -68,11 +68,15 @@ TF_QUESTIONS = (  # statements for true/false answers
     "True or false: the picture depicts {thing}.",
 )
 FORMATS = {  # answer format -> (positive, negative answer), instruction sentences ("" = none)
+    # Statement-form instructions ("The answer should be ...") are in the bank: an organism trained without them
+    # answered the held-out "The answer must be always yes or no." with "no" on 74 % of dev images (see the cards).
     "yes/no": (("yes", "no"), ("Answer yes or no.", "Please answer yes or no.", "Answer with yes or no.",
                                "Reply with yes or no.", "Your answer should be yes or no.",
-                               "Respond with yes or no only.", "")),
+                               "Respond with yes or no only.", "The answer should be yes or no.",
+                               "The reply has to be yes or no.", "Your answer must be a yes or a no.", "")),
     "1/0": (("1", "0"), ("Answer 1 or 0.", "Answer with 1 for yes or 0 for no.", "Reply with 1 or 0.",
-                         "Respond with 1 (yes) or 0 (no).", "Give 1 for yes and 0 for no.")),
+                         "Respond with 1 (yes) or 0 (no).", "Give 1 for yes and 0 for no.",
+                         "The answer should be 1 or 0.", "The reply has to be 1 or 0.")),
     "true/false": (("true", "false"), ("Answer true or false.", "Reply with true or false.",
                                        "Say true or false.")),
 }
