@@ -115,6 +115,18 @@ class ActivationStore:
         return cls(root, manifest)
 
     @classmethod
+    def open_complete(cls, root: str | Path, key: Mapping | None = None) -> "ActivationStore | None":
+        """The store at ``root`` when it is there, readable and complete, and (with ``key``) written for exactly that
+        key; otherwise None. Raises nothing: this is how a re-run finds out, without a model, whether it is done."""
+        try:
+            store = cls.open(root)
+        except StoreError:
+            return None
+        if key is not None and store.manifest["key_sha256"] != key_sha256(dict(key)):
+            return None
+        return store if store.is_complete() else None
+
+    @classmethod
     def create(cls, root: str | Path, *, key: Mapping, variants: Sequence[Variant], n_items: int, ids: Sequence[str],
                labels: Sequence[int], classes: Sequence[str], n_layers: int, hidden_size: int,
                storage_dtype: str = "float32", shard_size: int = 64, extra: Mapping | None = None,

@@ -33,7 +33,6 @@ and :func:`find_queries` find such a complete store from the model's identity al
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,11 +42,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..compat import output_cache
-from ..errors import DataError, ProbekitError, StoreError
+from ..errors import DataError, ProbekitError
 from ..models import LoadedModel
 from ..prompts import template
 from ..store import ActivationStore, key_sha256
-from .runtime import no_grad_eval, to_device
+from .runtime import image_items, no_grad_eval, pixels_sha256, to_device
 
 KV_VERSION = 1  # bump when what extract_image_tokens stores changes (part of the cache key)
 QUANTITIES = ("keys", "values", "hidden", "vision")
@@ -203,16 +202,6 @@ def text_states(lm: LoadedModel, texts: Sequence[str]) -> dict[str, np.ndarray]:
 # ---- into the store ----------------------------------------------------------------------------------------
 
 
-def pixels_sha256(images: Sequence) -> str:
-    """sha256 over the pixels of ``images`` (PIL images as RGB, arrays as given) and their shapes: what a store's
-    key holds of its images, so that it can be checked without the model."""
-    h = hashlib.sha256()
-    for im in images:
-        a = np.ascontiguousarray(np.asarray(im.convert("RGB") if hasattr(im, "convert") else im))
-        h.update(str(a.shape).encode() + a.tobytes())
-    return h.hexdigest()
-
-
 def _as_pil(im):
     from PIL import Image
 
@@ -250,11 +239,7 @@ def extract_image_tokens(lm: LoadedModel, images: Sequence, out, *, prompt: str 
     if not layers or any(not 1 <= l <= L for l in layers) or len(set(layers)) != len(layers):
         raise ProbekitError(f"layers {layers!r} must be distinct decoder blocks in 1..{L}")
     n = len(images)
-    labels = [0] * n if labels is None else [int(y) for y in labels]
-    classes = list(classes) if classes is not None else ["image"]
-    ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
-    if len(labels) != n or len(ids) != n:
-        raise DataError(f"{n} images but {len(labels)} labels and {len(ids)} ids; give one of each per image")
+    labels, classes, ids = image_items(n, labels, classes, ids)
     text = template(lm, prompt, prefix=prefix)
     key = {**_image_tokens_key(lm.identity(), images, block, layers, storage_dtype), "prompt": text}
     root = Path(out)
@@ -305,11 +290,8 @@ def _image_tokens_key(identity: Mapping, images: Sequence, block, layers: Sequen
 def complete_store(out) -> ActivationStore | None:
     """The complete store of named arrays at ``out``, or None (none there, damaged, partial, or per-variant
     states)."""
-    try:
-        st = ActivationStore.open(out)
-    except StoreError:
-        return None
-    return st if st.quantities and st.is_complete() else None
+    st = ActivationStore.open_complete(out)
+    return st if st is not None and st.quantities else None
 
 
 def _same_json(a, b) -> bool:
@@ -415,5 +397,5 @@ def _select(states: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[str,
 
 
 __all__ = ["QUANTITIES", "block_masks", "blocked_attention", "causality_check", "complete_store", "extract_image_tokens",
-           "extract_queries", "find_image_tokens", "find_queries", "image_kv", "image_states", "pixels_sha256",
+           "extract_queries", "find_image_tokens", "find_queries", "image_kv", "image_states",
            "text_states", "token_grid"]

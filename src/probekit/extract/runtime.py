@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import DataError
 from ..models import LoadedModel
 
 
@@ -42,3 +43,26 @@ def collate(encs: Sequence[dict]) -> dict[str, torch.Tensor]:
     return out
 
 
+def pixels_sha256(images: Sequence) -> str:
+    """sha256 over the pixels of ``images`` (PIL images as RGB, as the processor receives them; arrays as given) and
+    their shapes: what a store's key holds of its images, so that it can be checked without the model."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for im in images:
+        a = np.ascontiguousarray(np.asarray(im.convert("RGB") if hasattr(im, "convert") else im))
+        h.update(str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+def image_items(n: int, labels=None, classes=None, ids=None) -> tuple[list[int], list[str], list[str]]:
+    """Labels, class names and item ids for ``n`` images given as lists (defaults: one class "image", ids 0..n-1);
+    one DataError when their lengths disagree."""
+    labels = [0] * n if labels is None else [int(y) for y in labels]
+    classes = list(classes) if classes is not None else ["image"]
+    ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+    if len(labels) != n or len(ids) != n:
+        raise DataError(f"{n} images but {len(labels)} labels and {len(ids)} ids; give one of each per image")
+    return labels, classes, ids

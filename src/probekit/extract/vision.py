@@ -21,17 +21,16 @@ because storing the token states instead would cost ``(V+1) x T x d`` floats per
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import DataError, ProbekitError, StoreError
+from ..errors import DataError, ProbekitError
 from ..models import LoadedModel
-from ..store import ActivationStore, key_sha256
-from .runtime import no_grad_eval
+from ..store import ActivationStore
+from .runtime import image_items, no_grad_eval, pixels_sha256
 
 VISION_VERSION = 1  # bump when what extract_vision stores changes (part of the cache key)
 QUANTITIES = ("mean", "grid", "lrs")
@@ -119,15 +118,6 @@ def tower_facts(lm: LoadedModel, n_layers: int, image_size: int) -> dict:
             "width": getattr(vc, "hidden_size", getattr(vc, "embed_dim", "?")), "patch": vc.patch_size}
 
 
-def pixels_sha256(images: Sequence) -> str:
-    """sha256 over the images' pixels (RGB, as the processor receives them) and shapes."""
-    h = hashlib.sha256()
-    for im in images:
-        a = np.ascontiguousarray(np.asarray(im.convert("RGB")))
-        h.update(str(a.shape).encode() + a.tobytes())
-    return h.hexdigest()
-
-
 def vision_key(identity: Mapping, images: Sequence, *, grid: int, data: Mapping | None = None) -> dict:
     """The cache key of :func:`extract_vision`: the model's identity (``LoadedModel.identity()`` or
     ``probekit.models.identify``), the pixels, the pooling grid, what the caller says the images are (``data``)."""
@@ -137,13 +127,10 @@ def vision_key(identity: Mapping, images: Sequence, *, grid: int, data: Mapping 
 
 
 def open_complete(root, key: Mapping) -> ActivationStore | None:
-    """The store at ``root`` if it is complete and was written for ``key``; None otherwise (nothing is run)."""
-    try:
-        store = ActivationStore.open(root)
-    except StoreError:
-        return None
-    ok = store.manifest["key_sha256"] == key_sha256(dict(key)) and set(store.quantities) == set(QUANTITIES)
-    return store if ok and store.is_complete() else None
+    """The store at ``root`` if it is complete, was written for ``key`` and holds paper C's arrays; None otherwise
+    (nothing is run)."""
+    store = ActivationStore.open_complete(root, key)
+    return store if store is not None and set(store.quantities) == set(QUANTITIES) else None
 
 
 def extract_vision(lm: LoadedModel, images: Sequence, out, *, grid: int = 2, labels: Sequence[int] | None = None,
@@ -162,11 +149,7 @@ def extract_vision(lm: LoadedModel, images: Sequence, out, *, grid: int = 2, lab
     if batch_size < 1:
         raise ProbekitError("batch_size must be a positive integer")
     n = len(images)
-    labels = [0] * n if labels is None else [int(y) for y in labels]
-    classes = list(classes) if classes is not None else ["image"]
-    ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
-    if len(labels) != n or len(ids) != n:
-        raise DataError(f"{n} images but {len(labels)} labels and {len(ids)} ids; give one of each per image")
+    labels, classes, ids = image_items(n, labels, classes, ids)
     key = vision_key(lm.identity(), images, grid=grid, data=data)
     have = open_complete(out, key)
     if have is not None:
@@ -196,5 +179,5 @@ def extract_vision(lm: LoadedModel, images: Sequence, out, *, grid: int = 2, lab
 
 
 __all__ = ["QUANTITIES", "SHARD_SIZE", "VISION_VERSION", "default_vision_layer", "extract_vision", "grid_pool",
-           "open_complete", "patch_positions", "pixels_sha256", "pooled", "token_similarity", "tower_facts",
+           "open_complete", "patch_positions", "pooled", "token_similarity", "tower_facts",
            "vision_batches", "vision_key", "vision_states"]

@@ -17,7 +17,6 @@ import pandas as pd
 
 from ...book.context import ChapterRun, load, slug
 from ...data import ImageDataset, get_dataset
-from ...errors import StoreError
 from ...extract import READOUT, extract
 from ...models import LoadedModel, identify
 from ...prompts import Variant, load_variants
@@ -114,11 +113,8 @@ def store_dir(cache_dir, identity: dict, data: ImageDataset, variants, position:
 
 def complete_store(path: Path, identity: dict) -> ActivationStore | None:
     """The store at ``path`` when it is complete and was written for these weights, else None."""
-    try:
-        store = ActivationStore.open(path)
-    except StoreError:
-        return None
-    return store if store.key.get("model") == identity and store.is_complete() else None
+    store = ActivationStore.open_complete(path)
+    return store if store is not None and store.key.get("model") == identity else None
 
 
 def variant_spec(variants) -> dict | str:
