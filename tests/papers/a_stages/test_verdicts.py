@@ -1,0 +1,54 @@
+"""The verdict rules: each of the three words where the rule says it, on hand-made evidence."""
+
+import numpy as np
+
+from probekit.papers.a_stages import verdicts as V
+from probekit.papers.a_stages.stages import STAGES
+
+LAYERS = list(range(9))
+
+
+def masks(**on):
+    return {s: np.array([l in on.get(s, ()) for l in LAYERS]) for s in STAGES}
+
+
+def test_presence_and_position():
+    certain = masks(**{"visual grounding": (1, 2), "answer decoding": (7, 8)})
+    possible = masks(**{"visual grounding": (1, 2, 3), "lexical integration": (4,), "answer decoding": (6, 7, 8)})
+    assert V.presence(certain, possible, "visual grounding") == V.REPRODUCED
+    assert V.presence(certain, possible, "lexical integration") == V.INCONCLUSIVE
+    assert V.presence(certain, possible, "semantic reasoning") == V.NOT_REPRODUCED
+    assert V.position(certain, possible, "visual grounding", LAYERS, 8) == V.REPRODUCED  # depth 0.12-0.25
+    assert V.position(certain, possible, "answer decoding", LAYERS, 8) == V.REPRODUCED
+    late = masks(**{"visual grounding": (7, 8)})
+    assert V.position(late, late, "visual grounding", LAYERS, 8) == V.NOT_REPRODUCED
+
+
+def test_order_needs_all_four_in_order_and_is_refuted_by_an_absent_stage_or_a_reversal():
+    good = masks(**{"visual grounding": (1,), "lexical integration": (2, 3), "semantic reasoning": (5,),
+                    "answer decoding": (7, 8)})
+    assert V.order(good, good, LAYERS) == V.REPRODUCED
+    missing = masks(**{"visual grounding": (1,), "answer decoding": (7, 8)})
+    assert V.order(missing, missing, LAYERS) == V.NOT_REPRODUCED  # two stages cannot be there at all
+    maybe = masks(**{"visual grounding": (1,), "answer decoding": (7, 8)})
+    possible = masks(**{"visual grounding": (1,), "lexical integration": (3,), "semantic reasoning": (5,),
+                        "answer decoding": (7, 8)})
+    assert V.order(maybe, possible, LAYERS) == V.INCONCLUSIVE
+    rev = masks(**{"visual grounding": (7,), "lexical integration": (2,), "semantic reasoning": (5,),
+                   "answer decoding": (8,)})
+    assert V.order(rev, rev, LAYERS) == V.NOT_REPRODUCED
+
+
+def test_lexical_parting_stability_and_base_llm():
+    assert V.lexical_drop(np.array([0.1, 0.32]), np.array([0.2, 0.5])) == V.REPRODUCED
+    assert V.lexical_drop(np.array([0.1, 0.2]), np.array([0.2, 0.29])) == V.NOT_REPRODUCED
+    assert V.lexical_drop(np.array([0.1, 0.2]), np.array([0.2, 0.35])) == V.INCONCLUSIVE
+    sh, pa = np.array([0, 1, 1, 0, 0]), np.array([0, 0, 0, 1, 1])
+    assert V.parting(sh, sh, pa, pa) == V.REPRODUCED
+    assert V.parting(sh, sh, np.zeros(5), np.zeros(5)) == V.NOT_REPRODUCED
+    assert V.parting(np.zeros(5), sh, np.zeros(5), pa) == V.INCONCLUSIVE
+    assert V.stability(0.02, 0.01, 0.03, True) == V.REPRODUCED
+    assert V.stability(0.09, 0.06, 0.03, True) == V.NOT_REPRODUCED
+    assert V.stability(0.02, 0.01, None, True) == V.INCONCLUSIVE
+    assert V.stability(0.02, 0.01, 0.03, False) == V.INCONCLUSIVE
+    assert V.base_llm_shift(False, True) == V.INCONCLUSIVE and V.base_llm_shift(True, False) == V.NOT_REPRODUCED
