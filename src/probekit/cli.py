@@ -181,7 +181,8 @@ def _train_organism(a) -> int:
     from .organisms.smol_llava import NAME as SMOL
 
     if a.name == SMOL:
-        from .organisms.smol_llava import SHIPPED, train_smol_llava
+        from .organisms.smol_llava import SHIPPED
+        from .organisms.smol_llava.training import train_smol_llava
 
         kw = {} if a.seed is None else {"seed": a.seed}
         report = train_smol_llava(a.out, threads=a.threads, **kw)

@@ -21,12 +21,17 @@ import torch
 
 from probekit.errors import ModelLoadError
 from probekit.organisms import smol_llava as S
+from probekit.organisms.smol_llava import assembly as A
+from probekit.organisms.smol_llava import checks as C
+from probekit.organisms.smol_llava import constants as K
+from probekit.organisms.smol_llava import parts as P
+from probekit.organisms.smol_llava import training as T
 
 
 def _have_wheels() -> bool:
     try:
-        S.wheel_file(S.LLM_DIST)
-        S.wheel_file(S.VISION_DIST)
+        P.wheel_file(S.LLM_DIST)
+        P.wheel_file(S.VISION_DIST)
         import gguf  # noqa: F401
         import onnx  # noqa: F401
     except (ModelLoadError, ImportError):
@@ -44,7 +49,7 @@ def test_missing_wheel_raises_with_pip_command(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == S.LLM_PACKAGE else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == K.LLM_PACKAGE else real(name, *a))
     with pytest.raises(ModelLoadError) as e:
         S.build_smol_llava("/nonexistent/never-written")
     assert S.PIP_WHEELS in str(e.value) and "--no-deps" in str(e.value)
@@ -56,7 +61,7 @@ def test_training_examples_cover_every_variant_with_both_answers():
     rng = np.random.default_rng(0)
     seen: dict[str, set] = {}
     for _ in range(3000):
-        q, a = S.training_example(rng, "fashion" if rng.random() < 0.5 else "digits", 3, naming_fraction=0.2)
+        q, a = T.training_example(rng, "fashion" if rng.random() < 0.5 else "digits", 3, naming_fraction=0.2)
         seen.setdefault(q, set()).add(a)
     for concept, negation in (("a fashion item", "a handwritten digit"), ("a handwritten digit", "a fashion item")):
         for v in paper_a_variants(concept, negation):
@@ -72,9 +77,9 @@ def test_training_examples_cover_every_variant_with_both_answers():
 @pytest.mark.parametrize("size", [56, 224])
 def test_dinov2_matches_onnxruntime(size):
     pytest.importorskip("onnxruntime")
-    model = S.load_dinov2()
+    model = P.load_dinov2()
     x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
-    ref = S.onnx_backbone_reference(x)
+    ref = P.onnx_backbone_reference(x)
     with torch.no_grad():
         out = model(pixel_values=torch.from_numpy(x), output_hidden_states=True)
     assert np.abs(out.last_hidden_state.numpy() - ref["last_hidden_state"]).max() <= 1e-4
@@ -88,7 +93,7 @@ def test_smollm2_matches_gguf_blocks(built):
     from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(built, dtype=torch.float32)
-    res = S.gguf_max_abs_diff(model)
+    res = C.gguf_max_abs_diff(model)
     n = model.config.text_config.num_hidden_layers
     assert res["tensors_by_type"] == {"Q8_0": 1, "F32": 2 * n + 1, "Q4_1": 7 * n}
     assert res["max_abs_diff"] <= 1e-6
@@ -106,11 +111,11 @@ def test_numpy_gguf_dequantization_of_known_blocks():
     d, m = np.float16(0.5), np.float16(-1.0)
     qs = np.arange(16, dtype=np.uint8) | (np.arange(16, dtype=np.uint8)[::-1] << 4)
     blk = np.concatenate([np.frombuffer(d.tobytes() + m.tobytes(), np.uint8), qs])
-    x = S.gguf_dequantize_numpy(T(blk, "Q4_1", [32]))
+    x = C.gguf_dequantize_numpy(T(blk, "Q4_1", [32]))
     np.testing.assert_array_equal(x, 0.5 * np.concatenate([np.arange(16), np.arange(16)[::-1]]) - 1.0)
     q8 = np.concatenate([np.frombuffer(np.float16(0.25).tobytes(), np.uint8),
                          np.arange(-16, 16, dtype=np.int8).view(np.uint8)])
-    np.testing.assert_array_equal(S.gguf_dequantize_numpy(T(q8, "Q8_0", [32])), 0.25 * np.arange(-16, 16))
+    np.testing.assert_array_equal(C.gguf_dequantize_numpy(T(q8, "Q8_0", [32])), 0.25 * np.arange(-16, 16))
 
 
 # ------------------------------------------------------------------------------------ build and cache
@@ -134,8 +139,8 @@ def test_build_loads_through_probekit_and_is_deterministic(built):
     lm = load_model(str(built), dtype="float32", device="cpu")
     assert type(lm.model).__name__ == "LlavaForConditionalGeneration"
     assert lm.num_layers == 30
-    a = S.fingerprint(lm.model, lm.processor)
-    b = S.fingerprint(lm.model, lm.processor)
+    a = C.fingerprint(lm.model, lm.processor)
+    b = C.fingerprint(lm.model, lm.processor)
     assert a == b  # same process, same input: bit-identical
     shipped = json.loads((S.SHIPPED / "fingerprint.json").read_text())
     assert a["prompt"] == shipped["prompt"] and a["n_image_tokens"] == 16
@@ -153,8 +158,8 @@ def test_cached_build_is_reused_and_rebuilt_when_missing(built, monkeypatch):
     assert S.cached_build(built) == built
     mtime = (built / "config.json").stat().st_mtime_ns
     calls = []
-    real_assemble = S.assemble
-    monkeypatch.setattr(S, "assemble", lambda *a, **k: calls.append(1) or real_assemble(*a, **k))
+    real_assemble = A.assemble
+    monkeypatch.setattr(A, "assemble", lambda *a, **k: calls.append(1) or real_assemble(*a, **k))
     t = time.perf_counter()
     assert S.build_smol_llava(built, log=lambda *a: None) == built
     assert calls == [] and (built / "config.json").stat().st_mtime_ns == mtime and time.perf_counter() - t < 10
@@ -162,7 +167,7 @@ def test_cached_build_is_reused_and_rebuilt_when_missing(built, monkeypatch):
     def rebuild(*a, **k):
         raise _Rebuilt
 
-    monkeypatch.setattr(S, "assemble", rebuild)
+    monkeypatch.setattr(A, "assemble", rebuild)
     stamp_path = built / "smol-llava-build.json"
     stamp = stamp_path.read_text()
     try:  # built from another projector: stale -> rebuilt
@@ -211,7 +216,7 @@ def test_name_resolves_to_the_cached_build(monkeypatch, tmp_path):
 def test_loads_by_name_through_the_normal_path(built, monkeypatch):
     from probekit.models import load_model
 
-    monkeypatch.setattr(S, "default_build_dir", lambda: built)
+    monkeypatch.setattr(A, "default_build_dir", lambda: built)  # where the assembly looks for its build
     lm = load_model(S.NAME, dtype="float32", device="cpu")
     assert type(lm.model).__name__ == "LlavaForConditionalGeneration" and lm.num_layers == 30
 
@@ -225,7 +230,7 @@ def test_held_out_answers_meet_the_goal(built):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(built, dtype=torch.float32).eval()
-    res = S.evaluate_smol_llava(model, AutoProcessor.from_pretrained(built), eval_per_class=10, digits_per_class=1,
+    res = T.evaluate_smol_llava(model, AutoProcessor.from_pretrained(built), eval_per_class=10, digits_per_class=1,
                                 seed=7, log=lambda *a: None)["fashion-mnist/test"]
     for k in ("anchor", "picture", "feature", "negation", "one_zero"):
         assert res[k] >= 0.95, (k, res)

