@@ -5,6 +5,7 @@ import importlib
 import pytest
 import torch
 from conftest import FAMILIES
+from model_tools import brute_force_logprob
 
 from probekit.errors import PromptError
 from probekit.models.build import train_tokenizer

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoProcessor
 
 from probekit.models.build import MODEL_CLASSES
-from probekit.organisms import ORGANISMS, SHIPPED_DIR, organism_path
+from probekit.organisms import ORGANISMS, SEED_REPLICATES, SHIPPED_DIR, organism_path
 from probekit.organisms.train import train_organism
 from probekit.organisms.evaluate import evaluate
 from probekit.organisms.recipe import Chat, encode
@@ -144,9 +144,15 @@ def test_held_out_images_are_disjoint_from_training_and_split_into_dev_and_test(
 def test_organism_path_resolves_only_registered_names():
     assert organism_path("no-such-organism") is None
     assert set(ORGANISMS) >= {"llava-organism", "qwen2vl-organism"}
-    assert sum(r.base == "llava-organism" for r in ORGANISMS.values()) == 3
+    assert sum(r.base == "llava-organism" for r in ORGANISMS.values()) == 5
     factors = {r.controlled_factor for r in ORGANISMS.values() if r.base}
-    assert factors == {"tokenizer", "instruction data", "pretraining corpus"}
+    assert factors == {"tokenizer", "instruction data", "pretraining corpus", "training seed"}
+    seeds = [ORGANISMS[n] for n in SEED_REPLICATES]  # replicates differ from the base in the seed alone
+    assert len({r.seed for r in seeds}) == len(seeds) == 3
+    base = dataclasses.asdict(ORGANISMS["llava-organism"])
+    for r in seeds[1:]:
+        diff = {k for k, v in dataclasses.asdict(r).items() if base[k] != v}
+        assert diff <= {"name", "summary", "base", "controlled_factor", "seed"}, diff
 
 
 # the organisms of the recipe registry that are shipped (other organisms, e.g. smol-llava, test themselves)

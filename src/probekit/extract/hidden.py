@@ -301,6 +301,7 @@ def extract(lm: LoadedModel, dataset: ImageDataset, variants: Sequence[Variant],
         raise ProbekitError("batch_size and shard_size must be positive integers")
     prompts = {v.name: template(lm, v.text, prefix=prefix) for v in variants}
     answers = answer_plan(lm, prompts, variants)
+    first = dataset[0][0]  # the calibration image: the model's view for the manifest and the shared-prefix plan
     key = {
         "model": lm.identity(),
         "position": position,
@@ -317,14 +318,15 @@ def extract(lm: LoadedModel, dataset: ImageDataset, variants: Sequence[Variant],
         storage_dtype=storage_dtype, shard_size=shard_size,
         extra={"device": str(lm.device), "device_map": "auto" if lm.info.get("device_map") else None,
                "model_path": lm.path, "prefix": prefix, "reuse_prefix": reuse_prefix, "batch_variants": batch_variants,
-               **seen_by_model(lm, prompts, dataset[0][0])},
+               **seen_by_model(lm, prompts, first)},
     )
     todo = store.missing_shards()
     ranges = store.shard_ranges()
     names = [v.name for v in variants]
     bar = tqdm(total=sum(ranges[i][1] - ranges[i][0] for i in todo) * len(variants), disable=not progress,
                desc=f"extract {lm.model_id}", unit="prompt")
-    plan = shared_prefix(lm, prompts, dataset[ranges[todo[0]][0]][0]) if reuse_prefix and todo else None
+    plan = shared_prefix(lm, prompts, first) if reuse_prefix and todo else None
+    del first  # held no longer than needed: memory stays one shard's worth
     if reuse_prefix and todo and plan is None:
         warnings.warn("the prompt variants differ before the image, so there is no shared prefix to reuse; "
                       "running one forward per prompt", stacklevel=2)
