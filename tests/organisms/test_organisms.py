@@ -206,6 +206,40 @@ def test_shipped_organism_naming(name):
     assert _behaviour(name)["naming"] >= 0.8
 
 
+# Shipped before the held-out prompt discipline, awaiting their retraining (their cards list no training templates;
+# they were instruction-tuned on paper A's probe prompts): a strict xfail, so a retrained one must leave this list.
+PRE_DISCIPLINE = {"llava-organism-tokenizer", "llava-organism-instruct", "llava-organism-corpus", "qwen2vl-organism",
+                  "smol-llava"}
+ALL_SHIPPED = sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "README.md").is_file())
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    reason="trained before the held-out prompt discipline (retraining pending, see issue notes)", strict=True))
+    if n in PRE_DISCIPLINE else n for n in ALL_SHIPPED])
+def test_shipped_cards_list_training_templates_without_a_probe_prompt(name):
+    """From the card alone: it lists its training templates, and none holds one of paper A's probe questions (for
+    any concept) or their instruction sentences."""
+    from probekit.organisms.card import listed_templates
+    from probekit.organisms.tasks import probe_wordings
+
+    listed = listed_templates((SHIPPED_DIR / name / "README.md").read_text())
+    assert listed, f"{name}: the card lists no training templates"
+    assert {"questions (yes/no)", "questions (1/0)", "naming"} <= set(listed)
+    questions, instructions = probe_wordings()
+    heads = [q.split("{thing}")[0] for q in questions]
+    for t in (t for ts in listed.values() for t in ts):
+        assert not any(h in t for h in heads) and not any(i in t for i in instructions), (name, t)
+
+
+def test_listed_templates_reads_back_what_the_card_writer_writes():
+    from probekit.organisms.card import listed_templates
+    from probekit.organisms.tasks import training_templates
+
+    card = (SHIPPED_DIR / "llava-organism" / "README.md").read_text()
+    assert listed_templates(card) == training_templates()
+    assert listed_templates("# a card\n\n## Facts\n") is None
+
+
 def test_unseen_paraphrases_are_no_training_wording():
     from probekit.organisms.tasks import probe_wordings, training_templates
     from probekit.prompts import probe_prompts, unseen_paraphrases

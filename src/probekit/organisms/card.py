@@ -153,3 +153,22 @@ def _metrics_table(metrics: dict) -> list[str]:
                      + f" | {f'{_fmt_acc(para[low])} ({low})' if low else '—'} | "
                      + (_fmt_acc(m['naming']) if 'naming' in m else '—') + " |")
     return lines
+
+
+TEMPLATES_HEADING = "Training templates ("
+
+
+def listed_templates(card: str) -> dict[str, list[str]] | None:
+    """The training templates a card lists, by kind (the bullets after its "Training templates" paragraph, as
+    :func:`write_card` writes them); ``None`` for a card that lists none (an organism trained before the held-out
+    prompt discipline)."""
+    start = card.find(TEMPLATES_HEADING)
+    if start < 0:
+        return None
+    section = card[start:].split("\n## ", 1)[0]
+    out = {}
+    for line in section.splitlines():
+        if line.startswith("- ") and ": `" in line:
+            kind, _, rest = line[2:].partition(": ")
+            out[kind] = [t.strip("`") for t in rest.split("; ")]
+    return out
