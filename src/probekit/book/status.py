@@ -54,7 +54,7 @@ def status_page(records: Mapping) -> str:
         "",
     ]
     lines += a_claims.intro_lines(records)
-    lines += ["## Claims", "", "| claim | reported (source) | measured here | model |", "|---|---|---|---|"]
+    lines += ["## Claims", "", "| claim | reported (source) | measured here | verdict | model |", "|---|---|---|---|---|"]
     lines += a_claims.status_rows(records)
     lines += _vt_rows(records.get(_VT))  # paper B (chapter 5), rows marked (B), same table
     lines += _vl_rows(records.get(_VL))  # paper C (chapter 6), rows marked (C), same table

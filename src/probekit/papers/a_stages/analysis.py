@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from ...probes import LayerProbes, probe_store, split_items
-from ...stats import bootstrap_ci
+from ...stats import bootstrap_ci, bootstrap_indices, simultaneous_band
 from ...store import ActivationStore
-from .stages import STAGES, StageParams, normalized_depth, segment_results
+from .stages import StageParams
 
 
 def answer_summary(store: ActivationStore) -> pd.DataFrame:
@@ -64,10 +64,12 @@ def decision_behaviour(run) -> pd.DataFrame:
 
 @dataclass
 class DecisionFormat:
-    curves: pd.DataFrame  # layer, series, train_format, test_format, accuracy, ci_low, ci_high, chance
+    curves: pd.DataFrame  # layer, series, train_format, test_format, kind, accuracy, ci_low, ci_high, chance, n_test
     parting_layer: int | None
-    table: pd.DataFrame  # per layer: within, transfer, gap, shared?
+    table: pd.DataFrame  # per layer: within, transfer, gap (+ bands), shared / format-specific (certain, possible)
     params: StageParams
+    parting_share: pd.DataFrame | None = None  # parting layer over bootstrap resamples of the held-out images
+    n_images: int = 0
 
 
 def decision_labels(run, variant) -> np.ndarray:
@@ -78,17 +80,29 @@ def decision_labels(run, variant) -> np.ndarray:
     return (shows == positive).astype(int)
 
 
-def decision_format(run, *, test_size: float = 0.3, C: float = 1.0, n_boot: int = 1000,
-                    params: StageParams | None = None, **thresholds) -> DecisionFormat:
-    """Decision probes (is the correct answer the positive one?) trained per layer on the prompts of one
-    answer format and scored on held-out images in the same and in the other format.
+def _first_parting(shared: np.ndarray, parted: np.ndarray, layers) -> int | None:
+    """The first parted layer after the first shared one, confirmed by the next layer unless it is the last."""
+    if not shared.any():
+        return None
+    for i in range(int(np.argmax(shared)) + 1, len(parted)):
+        if parted[i] and (i == len(parted) - 1 or parted[i + 1]):
+            return int(layers[i])
+    return None
 
-    A layer holds a *shared* decision when it is decodable within the formats and across them (accuracy at
-    least ``info`` above chance) with a gap below ``drop`` (gap = mean within-format accuracy minus mean
-    transfer accuracy); it is *format-specific* when decodable within the formats with a gap of at least
-    ``drop``. The parting layer is the first format-specific layer after the first shared layer (confirmed by
-    the next layer unless it is the last). Without a shared layer there is no parting layer: the decision
-    never transfers.
+
+def decision_format(run, *, test_size: float = 0.3, C: float = 1.0, n_boot: int = 2000, alpha: float = 0.05,
+                    params: StageParams | None = None, **thresholds) -> DecisionFormat:
+    """Decision probes (is the correct answer the positive one?) trained per layer on the prompts of one answer
+    format and scored on held-out **images** in the same and in the other format.
+
+    Per held-out image and layer: *within* = the share of its four prompts (two per format) the within-format probes
+    get right, *transfer* = the share of its four prompts the other format's probe gets right, *gap* = within -
+    transfer. Intervals resample the images (not the prompts; each image's prompts move together), as simultaneous
+    bands over the layers (:func:`probekit.stats.simultaneous_band`). A layer's decision is *certainly shared* when
+    within and transfer are decodable (bands at least ``info`` above chance) and the gap's band lies below ``drop``;
+    the formats *certainly part* at a decodable layer whose gap band lies at or above ``drop``; *possibly* when the
+    bands allow it. The parting layer is the first certainly parted layer after the first certainly shared one
+    (confirmed by the next layer unless it is the last); its bootstrap distribution uses the point estimates.
     """
     params = params or StageParams(**thresholds)
     store = run.store
@@ -100,129 +114,54 @@ def decision_format(run, *, test_size: float = 0.3, C: float = 1.0, n_boot: int 
         y = np.concatenate([decision_labels(run, vmap[v])[idx] for v in FORMAT_FAMILIES[fmt]])
         return X, y
 
-    rows = []
+    n = len(te)
+    rows, per_image = [], {}
     for train_fmt in FORMAT_FAMILIES:
         Xtr, ytr = xy(train_fmt, tr)
         probes = LayerProbes(C=C, seed=run.seed).fit(Xtr, ytr)
         for test_fmt in FORMAT_FAMILIES:
             Xte, yte = xy(test_fmt, te)
-            acc, lo, hi = bootstrap_ci(probes.predict(Xte) == yte[:, None], n_boot=n_boot, seed=run.seed)
+            right = (probes.predict(Xte) == yte[:, None]).astype(float)  # [2 n, L]: the format's two prompts
+            img = right.reshape(2, n, -1).mean(0)  # per image: share of its two prompts right
+            per_image[(train_fmt, test_fmt)] = img
+            acc, lo, hi = bootstrap_ci(img, n_boot=n_boot, seed=run.seed)
             for layer in range(len(acc)):
                 rows.append({"layer": layer, "series": f"{train_fmt} → {test_fmt}", "train_format": train_fmt,
                              "test_format": test_fmt, "kind": "within" if train_fmt == test_fmt else "transfer",
                              "accuracy": acc[layer], "ci_low": lo[layer], "ci_high": hi[layer],
-                             "chance": float(max(np.mean(yte), 1 - np.mean(yte))), "n_test": len(yte)})
+                             "chance": float(max(np.mean(yte), 1 - np.mean(yte))), "n_test": n})
     curves = pd.DataFrame(rows)
-    piv = curves.groupby(["layer", "kind"]).accuracy.mean().unstack("kind")
+    fmts = list(FORMAT_FAMILIES)
+    within = np.mean([per_image[(f, f)] for f in fmts], axis=0)  # [n, L]
+    transfer = np.mean([per_image[(f, g)] for f in fmts for g in fmts if f != g], axis=0)
     chance = float(curves.chance.max())
-    table = pd.DataFrame({"layer": piv.index, "within": piv["within"].round(3), "transfer": piv["transfer"].round(3)})
-    table["gap"] = (table.within - table.transfer).round(3)
-    informative = table.within - chance >= params.info
-    parted = informative & (table.gap >= params.drop)
-    table["decision shared across formats"] = informative & (table.gap < params.drop) & (
-        table.transfer - chance >= params.info)
-    table["format-specific"] = parted
-    parting = None
-    p, sh = parted.to_numpy(), table["decision shared across formats"].to_numpy()
-    if sh.any():
-        for i in range(int(np.argmax(sh)) + 1, len(p)):
-            if p[i] and (i == len(p) - 1 or p[i + 1]):
-                parting = int(table.layer.iloc[i])
-                break
-    return DecisionFormat(curves=curves, parting_layer=parting, table=table.reset_index(drop=True), params=params)
-
-
-# ---- chapter 04: models side by side ---------------------------------------------------------------------
-
-
-def controlled_pairs(model_ids) -> pd.DataFrame:
-    """Pairs (model, reference, factor) among ``model_ids`` known to differ in one factor of paper A.
-
-    From the organism registry: each controlled variant against its base. The base LLM has no clean pair
-    among the organisms: ``qwen2vl-organism`` differs from ``llava-organism`` in the decoder (Qwen2, 6
-    blocks vs Llama, 8) *and* in the vision tower and image tokens, so that row is marked not controlled.
-    """
-    from ...organisms import ORGANISMS
-
-    rows = []
-    ids = list(model_ids)
-    for m in ids:
-        r = ORGANISMS.get(m)
-        if r is not None and r.base in ids and r.controlled_factor != "training seed":  # seeds: the noise floor
-            rows.append({"factor": r.controlled_factor, "model": m, "reference": r.base, "controlled": True,
-                         "differs in": r.summary})
-    if "qwen2vl-organism" in ids and "llava-organism" in ids:
-        rows.append({"factor": "base LLM", "model": "qwen2vl-organism", "reference": "llava-organism",
-                     "controlled": False, "differs in": "decoder (Qwen2, 6 blocks vs Llama, 8 blocks) and also the "
-                     "vision tower, projector and number of image tokens"})
-    if "smol-llava" in ids and "llava-organism" in ids:
-        rows.append({"factor": "base LLM", "model": "smol-llava", "reference": "llava-organism", "controlled": False,
-                     "differs in": "decoder (SmolLM2-135M-Instruct, pretrained on web-scale text, 30 blocks, width 576 "
-                     "vs a from-scratch 8-block Llama) and also the vision encoder (DINOv2-S at 56 px), the tokenizer, "
-                     "the chat template and the training (projector only)"})
-    return pd.DataFrame(rows, columns=["factor", "model", "reference", "controlled", "differs in"])
-
-
-@dataclass
-class Comparison:
-    curves: pd.DataFrame  # model, layer, depth, variant, family, accuracy, ...
-    stages: pd.DataFrame  # model, stage, first_layer, last_layer, n_layers, start, end, start_norm, end_norm
-    segmentations: dict
-    pairs: pd.DataFrame
-
-
-def compare(runs: dict, *, params: StageParams | None = None, n_boot: int = 1000, **thresholds) -> Comparison:
-    """Probe and segment every run; curves with normalized depth; stages per model; controlled pairs."""
-    params = params or StageParams(**thresholds)
-    curves, stages, segs = [], [], {}
-    for name, r in runs.items():
-        res = probe(r, n_boot=n_boot)
-        L = r.store.n_layers
-        curves.append(res.assign(model=name, depth=normalized_depth(res.layer, L), n_layers=L - 1))
-        seg = segment_results(res, params=params)
-        segs[name] = seg
-        b = seg.boundaries().assign(model=name, blocks=L - 1)
-        b = b.dropna(subset=["first_layer"])
-        b["start"] = b.first_layer.astype(float) - 0.5
-        b["end"] = b.last_layer.astype(float) + 0.5
-        b["start_norm"] = normalized_depth(b.start.clip(lower=0), L)
-        b["end_norm"] = normalized_depth(b.end.clip(upper=L - 1), L)
-        stages.append(b)
-    pairs = controlled_pairs(list(runs))
-    return Comparison(curves=pd.concat(curves, ignore_index=True), stages=pd.concat(stages, ignore_index=True),
-                      segmentations=segs, pairs=pairs)
-
-
-def stage_boundaries_wide(comp: Comparison) -> pd.DataFrame:
-    """Stage ranges per model (layers, and normalized depth in brackets)."""
-    rows = []
-    for m, seg in comp.segmentations.items():
-        L = len(seg.layers) - 1
-        row = {"model": m, "blocks": L}
-        for s, r in seg.ranges().items():
-            row[s] = "—" if r is None else f"{r[0]}–{r[1]} ({r[0] / L:.2f}–{r[1] / L:.2f})"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def pair_table(comp: Comparison) -> pd.DataFrame:
-    """For each controlled pair: both models' stage ranges (layers and normalized depth), whether the
-    stage sequence is the same, and the mean absolute difference of the anchor curves over normalized depth."""
-    rows = []
-    for _, p in comp.pairs.iterrows():
-        m, ref = p.model, p.reference
-        sm, sr = comp.segmentations[m].ranges(), comp.segmentations[ref].ranges()
-        seq = lambda s: [k for k in STAGES if s[k] is not None]  # noqa: E731
-        cm = comp.curves[(comp.curves.model == m) & (comp.curves.variant == "anchor")]
-        cr = comp.curves[(comp.curves.model == ref) & (comp.curves.variant == "anchor")]
-        grid = np.linspace(0, 1, 21)
-        diff = float(np.mean(np.abs(np.interp(grid, cm.depth, cm.accuracy) - np.interp(grid, cr.depth, cr.accuracy))))
-        fmt = lambda r: "—" if r is None else f"{r[0]}–{r[1]}"  # noqa: E731
-        row = {"factor": p.factor, "model": m, "reference": ref, "controlled": p.controlled,
-               "same stage sequence": seq(sm) == seq(sr), "mean |Δ accuracy| (anchor, by depth)": round(diff, 3)}
-        for s in STAGES:
-            row[f"{s}: model / reference"] = f"{fmt(sm[s])} / {fmt(sr[s])}"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
+    idx = bootstrap_indices(n, n_boot, run.seed + 5)
+    est = np.concatenate([within.mean(0), transfer.mean(0), (within - transfer).mean(0)])
+    boots = np.concatenate([within[idx].mean(1), transfer[idx].mean(1), (within - transfer)[idx].mean(1)], axis=1)
+    blo, bhi, _ = simultaneous_band(est, boots, alpha=alpha)
+    L = within.shape[1]
+    w_lo, w_hi, t_lo, t_hi, g_lo, g_hi = blo[:L], bhi[:L], blo[L:2 * L], bhi[L:2 * L], blo[2 * L:], bhi[2 * L:]
+    layers = np.arange(L)
+    dec_sure = (w_lo - chance >= params.info) & (t_lo - chance >= params.info)
+    dec_maybe = (w_hi - chance >= params.info) & (t_hi - chance >= params.info)
+    w_sure, w_maybe = w_lo - chance >= params.info, w_hi - chance >= params.info
+    table = pd.DataFrame({"layer": layers, "within": est[:L].round(3), "transfer": est[L:2 * L].round(3),
+                          "gap": est[2 * L:].round(3), "gap band low": g_lo.round(3), "gap band high": g_hi.round(3),
+                          "shared (certain)": dec_sure & (g_hi < params.drop),
+                          "shared (possible)": dec_maybe & (g_lo < params.drop),
+                          "formats part (certain)": w_sure & (g_lo >= params.drop),
+                          "formats part (possible)": w_maybe & (g_hi >= params.drop)})
+    parting = _first_parting(table["shared (certain)"].to_numpy(), table["formats part (certain)"].to_numpy(), layers)
+    counts: dict = {}
+    for b in range(min(n_boot, 500)):
+        i = idx[b]
+        w, t = within[i].mean(0), transfer[i].mean(0)
+        sh = (w - chance >= params.info) & (t - chance >= params.info) & (w - t < params.drop)
+        pa = (w - chance >= params.info) & (w - t >= params.drop)
+        key = _first_parting(sh, pa, layers)
+        counts[key] = counts.get(key, 0) + 1
+    total = sum(counts.values())
+    share = pd.DataFrame([{"parting layer": "none" if k is None else int(k), "share": c / total}
+                          for k, c in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))])
+    return DecisionFormat(curves=curves, parting_layer=parting, table=table, params=params, parting_share=share,
+                          n_images=n)

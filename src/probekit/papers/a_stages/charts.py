@@ -96,6 +96,53 @@ def sensitivity_chart(seg, *, cap: str, title: str = "Sensitivity per family: ac
     return finish(chart, title, cap)
 
 
+def drop_chart(drops: pd.DataFrame, *, kind: str, threshold: float, cap: str, bands: pd.DataFrame | None = None,
+               title: str | None = None, width: int = WIDTH, height: int = 220):
+    """Per layer, each family's (``kind="family"``) or variant's (``kind="variant"``) accuracy drop below the anchor
+    with its simultaneous band (shaded; :mod:`.intervals`), the ``drop`` threshold (dashed) and stage bands."""
+    d = drops[drops.kind == kind].rename(columns={"unit": kind})
+    sel = legend_selection(kind, f"{kind}_legend_drop")
+    xenc = alt.X("layer:Q", title="layer (0 = embeddings)", scale=alt.Scale(nice=False), axis=alt.Axis(tickMinStep=1))
+    base = alt.Chart(d).encode(x=xenc)
+    col = alt.Color(f"{kind}:N", title=kind, legend=alt.Legend(orient="bottom"))
+    layers = []
+    if bands is not None and len(bands):
+        stage_scale = alt.Scale(domain=list(STAGE_COLORS), range=list(STAGE_COLORS.values()))
+        layers.append(alt.Chart(bands).mark_rect(opacity=0.12).encode(
+            x="start:Q", x2="end:Q", color=alt.Color("stage:N", scale=stage_scale, title="stage",
+                                                     legend=alt.Legend(orient="bottom")),
+            tooltip=["stage:N", alt.Tooltip("first_layer:Q", title="first layer"),
+                     alt.Tooltip("last_layer:Q", title="last layer")]))
+    layers += [
+        base.mark_area(opacity=0.15).encode(y=alt.Y("band_lo:Q", title="anchor − variant accuracy"), y2="band_hi:Q",
+                                           color=alt.Color(f"{kind}:N", legend=None),
+                                           opacity=alt.condition(sel, alt.value(0.18), alt.value(0.02))),
+        base.mark_line(point=True).encode(
+            y="drop:Q", color=col, opacity=alt.condition(sel, alt.value(1.0), alt.value(0.15)),
+            tooltip=[f"{kind}:N", "layer:Q", alt.Tooltip("drop:Q", format=".3f"),
+                     alt.Tooltip("band_lo:Q", format=".3f", title="band low"),
+                     alt.Tooltip("band_hi:Q", format=".3f", title="band high"), "n_test:Q"]).add_params(sel),
+        alt.Chart(pd.DataFrame({"threshold": [threshold]})).mark_rule(strokeDash=[5, 3], color="#d62728").encode(
+            y="threshold:Q", tooltip=[alt.Tooltip("threshold:Q", title="drop threshold")]),
+    ]
+    chart = alt.layer(*layers).resolve_scale(color="independent").properties(width=width, height=height)
+    return finish(chart, title or f"Drop below the anchor, per {kind}", cap)
+
+
+def stage_share_chart(shares: pd.DataFrame, *, cap: str, title: str = "Stage of each layer over resampled images",
+                      width: int = WIDTH, height: int = 150):
+    """How often each layer gets each stage over bootstrap resamples of the held-out images
+    (:func:`.intervals.stage_bootstrap`)."""
+    order = list(STAGE_COLORS)
+    chart = alt.Chart(shares).mark_rect().encode(
+        x=alt.X("layer:O", title="layer"),
+        y=alt.Y("stage:N", sort=order, title=None),
+        color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="share of resamples"),
+        tooltip=["layer:O", "stage:N", alt.Tooltip("share:Q", format=".2f")],
+    ).properties(width=width, height=height)
+    return finish(chart, title, cap)
+
+
 def depth_chart(df: pd.DataFrame, *, cap: str, normalized: bool = False, bands: pd.DataFrame | None = None,
                 title: str | None = None, width: int = WIDTH, height: int = HEIGHT):
     """Anchor accuracy per layer of several models (``df``: model, layer, depth, accuracy, ci_low, ci_high),
@@ -232,5 +279,6 @@ def pair_charts(comp, *, seed: int, data_label: str, n: int):
     return out
 
 
-__all__ = ["STAGE_COLORS", "accuracy_chart", "answers_chart", "depth_chart", "explorer_chart", "sensitivity_chart",
+__all__ = ["STAGE_COLORS", "accuracy_chart", "answers_chart", "depth_chart", "drop_chart", "explorer_chart",
+           "sensitivity_chart", "stage_share_chart",
            "stage_map_chart", "transfer_chart"]

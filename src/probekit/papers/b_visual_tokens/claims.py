@@ -175,7 +175,7 @@ def record_payload(tr: TokensRun, res: Perception) -> dict:
 
 
 def status_rows(rec: dict | None) -> list[str]:
-    """Markdown table rows ``| claim | reported (source) | measured here | model |`` for paper B's claims.
+    """Markdown table rows ``| claim | reported (source) | measured here | verdict | model |`` for paper B's claims.
 
     Reported values come only from ``shared/reference/papers.md`` (labelled confirmed / secondary there)."""
     na = "not measured in this build"
@@ -183,7 +183,7 @@ def status_rows(rec: dict | None) -> list[str]:
     rows = []
 
     def row(claim, reported, measured):
-        rows.append(f"| {claim} | {reported} | {measured if rec else na} | {m} |")
+        rows.append(f"| {claim} | {reported} | {measured if rec else na} | — | {m} |")  # no verdict rule for B yet
 
     got = (rec or {}).get("tasks", {})
     T = {t: got[t] for t in TASKS if t in got}  # the record's JSON has sorted keys: restore the chapter's order

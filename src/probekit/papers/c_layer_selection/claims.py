@@ -122,7 +122,7 @@ def _num(x) -> str:
 
 
 def status_rows(rec: dict | None) -> list[str]:
-    """Markdown table rows ``| claim | reported (source) | measured here | model |`` for paper C's claims.
+    """Markdown table rows ``| claim | reported (source) | measured here | verdict | model |`` for paper C's claims.
 
     Reported values come only from ``shared/reference/papers.md`` (labelled confirmed / secondary there).
     """
@@ -131,7 +131,7 @@ def status_rows(rec: dict | None) -> list[str]:
     rows = []
 
     def row(claim, reported, measured):
-        rows.append(f"| {claim} | {reported} | {measured} | {m} |")
+        rows.append(f"| {claim} | {reported} | {measured} | — | {m} |")  # no verdict rule for C yet
 
     if rec:
         V = rec["vision_layers"]
