@@ -271,20 +271,25 @@ def split_items(labels: np.ndarray, *, test_size: float = 0.3, seed: int = 0) ->
 
 
 def probe_store(store, *, train_variant: str = "anchor", test_size: float = 0.3, seed: int = 0, C: float = 1.0,
-                n_boot: int = 1000, control: bool = True, variants: Sequence[str] | None = None):
+                n_boot: int = 1000, control: bool = True, variants: Sequence[str] | None = None,
+                items: Sequence[int] | None = None):
     """Paper A's frozen-probe protocol on an :class:`~probekit.store.ActivationStore`.
 
     Fit one probe per layer on ``train_variant`` features of the training images; score every variant on
     the held-out images. Returns a DataFrame with one row per (layer, variant): ``layer, variant, family,
     accuracy, ci_low, ci_high, control_accuracy, chance, n_train, n_test``. ``control_accuracy`` is the
     same probe fitted on shuffled training labels and scored on that variant (it should sit at chance).
+    ``items``: only these images (store positions), e.g. the images of one domain of a two-domain store.
     The fitted probes are in ``df.attrs["probes"]``; ``df.attrs["correct"]`` holds, per variant, the per-image
     correctness ``[n_test, L+1]`` (the same held-out images for every variant: what paired statistics resample).
     """
     import pandas as pd
 
-    y = store.labels
+    keep = np.arange(len(store.labels)) if items is None else np.asarray(items, dtype=np.int64)
+    y = store.labels[keep]
     tr, te = split_items(y, test_size=test_size, seed=seed)
+    tr, te = keep[tr], keep[te]  # positions in the store
+    y = store.labels
     X_train = check_features(store.features(train_variant)[tr], f"variant {train_variant!r}")
     probes = LayerProbes(C=C, seed=seed).fit(X_train, y[tr])
     ctrl = None
@@ -306,7 +311,7 @@ def probe_store(store, *, train_variant: str = "anchor", test_size: float = 0.3,
         for layer in range(len(acc)):
             rows.append({"layer": layer, "variant": name, "family": fam[name], "accuracy": acc[layer],
                          "ci_low": lo[layer], "ci_high": hi[layer], "control_accuracy": ctrl_acc[layer],
-                         "chance": 1.0 / len(np.unique(y)), "n_train": len(tr), "n_test": len(te)})
+                         "chance": 1.0 / len(np.unique(y[keep])), "n_train": len(tr), "n_test": len(te)})
     df = pd.DataFrame(rows)
     df.attrs["probes"] = probes
     df.attrs["correct"] = per_image  # variant -> [n_test, L+1] bool: each held-out image, right or wrong, per layer

@@ -197,6 +197,15 @@ def probe_prompts(concept: str = "an animal", negation: str = "a plane") -> list
     return load_variants(spec, concept=concept, negation=negation)
 
 
+def book_prompts(concept: str = "an animal", negation: str = "a plane", spec="paper-a") -> list[Variant]:
+    """The prompts chapters 1-3 share one extraction for: ``spec``'s variants (paper A's five by default), chapter 3's
+    ``negation_one_zero`` and the unseen paraphrases (both only with paper A's set)."""
+    if spec is None or spec == "paper-a":
+        para = [v for v in unseen_paraphrases(concept, negation) if v.family == "paraphrase"]
+        return probe_prompts(concept, negation) + para
+    return load_variants(spec, concept=concept, negation=negation)
+
+
 def unseen_paraphrases(concept: str = "an animal", negation: str = "a plane") -> list[Variant]:
     """Paraphrases of paper A's anchor (and of its negation and 1/0 format) that no organism trained on
     (``resources/unseen_paraphrases.yaml``), after the anchor itself."""

@@ -17,19 +17,23 @@ import pandas as pd
 from ..probes import LayerProbes, split_items
 
 
-def confusion_table(store, probes: LayerProbes, *, test_size: float = 0.3, seed: int = 0) -> pd.DataFrame:
+def confusion_table(store, probes: LayerProbes, *, test_size: float = 0.3, seed: int = 0, test_items=None,
+                    variants=None) -> pd.DataFrame:
     """Counts of (true, predicted) class per (variant family, layer) on the held-out images.
 
-    The anchor-trained probes (``probe_store(...).attrs["probes"]``) are scored on every variant; a
-    family pools its variants. Columns: family, layer, true, pred, count, correct_count.
+    The anchor-trained probes (``probe_store(...).attrs["probes"]``) are scored on every variant (or on
+    ``variants``); a family pools its variants. ``test_items``: the held-out store positions the probes were scored
+    on (``probe_store(...).attrs["test_items"]``; default: the split :func:`probe_store` makes of every image).
+    Columns: family, layer, true, pred, count, correct_count.
     """
     y = store.labels
-    _, te = split_items(y, test_size=test_size, seed=seed)
+    te = np.asarray(test_items) if test_items is not None else split_items(y, test_size=test_size, seed=seed)[1]
     classes = np.asarray(store.classes)
+    keep = [v for v in store.variants if variants is None or v.name in variants]
     rows = []
-    for fam in dict.fromkeys(v.family for v in store.variants):
+    for fam in dict.fromkeys(v.family for v in keep):
         preds, trues = [], []
-        for v in store.variants:
+        for v in keep:
             if v.family == fam:
                 preds.append(probes.predict(store.features(v.name)[te]))  # [n, L]
                 trues.append(y[te])
@@ -45,10 +49,13 @@ def confusion_table(store, probes: LayerProbes, *, test_size: float = 0.3, seed:
 class Explorer:
     """Per-class accuracy and confusion matrix of the frozen probes by variant family and layer."""
 
-    def __init__(self, store, probes: LayerProbes, *, test_size: float = 0.3, seed: int = 0, cap: str = ""):
+    def __init__(self, store, probes: LayerProbes, *, test_size: float = 0.3, seed: int = 0, cap: str = "",
+                 test_items=None, variants=None):
         self.store = store
-        self.classes = list(store.classes)
-        self.table = confusion_table(store, probes, test_size=test_size, seed=seed)
+        self.table = confusion_table(store, probes, test_size=test_size, seed=seed, test_items=test_items,
+                                     variants=variants)
+        present = set(self.table.true)
+        self.classes = [c for c in store.classes if c in present]
         self.families = list(dict.fromkeys(self.table.family))
         self.layers = sorted(self.table.layer.unique().tolist())
         self.cap = cap
@@ -79,7 +86,8 @@ class Explorer:
         acc = float(np.trace(m.to_numpy())) / max(total, 1)
         esc = html.escape
         hl = lambda c: ' style="background:#fff3c4"' if cls is not None and c == cls else ""  # noqa: E731
-        head = "".join(f"<th title='{esc(c)}'>{esc(c[:6])}</th>" for c in self.classes)
+        vertical = "writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap;padding:2px"
+        head = "".join(f"<th style='{vertical}'>{esc(c)}</th>" for c in self.classes)  # whole names, upright columns
         body = "".join(
             f"<tr{hl(t)}><th style='text-align:right'>{esc(t)}</th>"
             + "".join(f"<td style='text-align:right;{'font-weight:bold' if t == p else ''}'>{m.loc[t, p]}</td>"

@@ -245,10 +245,51 @@ def load_fashion_mnist_arrays(root: str | Path | None = None, split: str = "test
     return x, y
 
 
+def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held-out) of scikit-learn's digits: a fixed 2/3 : 1/3 split, stratified."""
+    _, y = load_digits_arrays()
+    rng = np.random.default_rng(seed + 12345)
+    train, test = [], []
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = len(idx) // 3
+        test += idx[:k].tolist()
+        train += idx[k:].tolist()
+    return np.sort(train), np.sort(test)
+
+
+HELDOUT_SPLITS = ("dev", "test")
+
+
+def heldout_split(labels: np.ndarray, split: str, seed: int = 0) -> np.ndarray:
+    """Positions of ``split`` ('dev' or 'test') among held-out images with these ``labels``: per class a seeded
+    permutation, its first half dev, the rest test (so the two never share an image)."""
+    if split not in HELDOUT_SPLITS:
+        raise ValueError(f"held-out split must be one of {HELDOUT_SPLITS}, got {split!r}")
+    rng = np.random.default_rng(seed + 4242)
+    keep = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        half = len(idx) // 2
+        keep += (idx[:half] if split == "dev" else idx[half:]).tolist()
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+FASHION_SPLITS = ("test", "dev", "train", "all-test")
+
+
 def fashion_mnist(root: str | Path | None = None, *, split: str = "test") -> ImageDataset:
-    """Fashion-MNIST (Xiao et al. 2017), 28x28 grayscale, 10 classes, as RGB images."""
-    x, y = load_fashion_mnist_arrays(root, split)
-    items = [(str(i), int(c)) for i, c in enumerate(y)]
+    """Fashion-MNIST (Xiao et al. 2017), 28x28 grayscale, 10 classes, as RGB images.
+
+    ``split``: ``test`` (default) — the **test half** of Fashion-MNIST's official test split (:func:`heldout_split`),
+    which no training decision of the organisms ever saw; ``dev`` — the other half (the organisms' decisions);
+    ``train``; ``all-test`` — the official 10,000 test images. Item ids are the images' indices in their file.
+    """
+    if split not in FASHION_SPLITS:
+        raise DataError(f"Fashion-MNIST split must be one of {', '.join(FASHION_SPLITS)}, got {split!r}")
+    x, y = load_fashion_mnist_arrays(root, "train" if split == "train" else "test")
+    keep = heldout_split(y, split) if split in HELDOUT_SPLITS else np.arange(len(y))
+    items = [(str(int(i)), int(y[i])) for i in keep]
     src = str(Path(root) if root else FASHION_MNIST_DIR)
     return ImageDataset(f"fashion-mnist/{split}", list(FASHION_MNIST_CLASSES), items, array_images(x),
                         "a fashion item", "a handwritten digit", src)
@@ -263,11 +304,24 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return x, d.target.astype(np.int64)
 
 
-def digits() -> ImageDataset:
-    """scikit-learn's handwritten digits (UCI optdigits test set), 8x8 grayscale, 10 classes."""
+DIGIT_SPLITS = ("all", "test", "dev", "train")
+
+
+def digits(split: str = "all") -> ImageDataset:
+    """scikit-learn's handwritten digits (UCI optdigits test set), 8x8 grayscale, 10 classes.
+
+    ``split``: ``all`` (default, 1,797 images); ``train`` — the organisms' 2/3 (:func:`digits_split`); ``test`` /
+    ``dev`` — the halves of the held-out third (:func:`heldout_split`). Item ids are indices into the whole set."""
+    if split not in DIGIT_SPLITS:
+        raise DataError(f"digits split must be one of {', '.join(DIGIT_SPLITS)}, got {split!r}")
     x, y = load_digits_arrays()
-    items = [(str(i), int(c)) for i, c in enumerate(y)]
-    return ImageDataset("digits", list(DIGIT_CLASSES), items, array_images(x),
+    keep = np.arange(len(y))
+    if split != "all":
+        tr, held = digits_split()
+        keep = tr if split == "train" else held[heldout_split(y[held], split)]
+    items = [(str(int(i)), int(y[i])) for i in keep]
+    name = "digits" if split == "all" else f"digits/{split}"
+    return ImageDataset(name, list(DIGIT_CLASSES), items, array_images(x),
                         "a handwritten digit", "a fashion item", "sklearn.datasets.load_digits")
 
 
@@ -280,7 +334,7 @@ def get_dataset(name: str, root: str | Path | None = None, *, n_per_class: int |
     if name == "fashion-mnist":
         ds = fashion_mnist(root, split=split or "test")
     elif name == "digits":
-        ds = digits()
+        ds = digits(split or "all")
     elif name == "imagenet-dogs":
         if root is None:
             raise DataError("imagenet-dogs needs the ImageNet root folder: pass --data-root / data_root")

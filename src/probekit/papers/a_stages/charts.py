@@ -204,6 +204,35 @@ def answers_chart(answers: pd.DataFrame, *, cap: str, title: str = "The model's 
     return finish(chart, title, cap)
 
 
+def behaviour_chart(table: pd.DataFrame, *, cap: str, title: str = "Answered correctly, per prompt and image domain"):
+    """Share of images answered correctly per prompt (rows) and image domain (colour), from
+    :func:`.analysis.decision_behaviour`; the 0.95 goal as a rule."""
+    d = table.rename(columns={"image shows": "image_shows", "answered_correctly": "correct", "correct answer": "answer"})
+    base = alt.Chart(d).encode(y=alt.Y("variant:N", sort=None, title=None, axis=alt.Axis(labelLimit=0)))
+    bars = base.mark_bar().encode(
+        x=alt.X("correct:Q", title="share answered correctly", scale=alt.Scale(domain=[0, 1])),
+        yOffset="image_shows:N", color=alt.Color("image_shows:N", title="image shows", legend=alt.Legend(orient="bottom")),
+        tooltip=["variant:N", alt.Tooltip("image_shows:N", title="image shows"), alt.Tooltip("answer:N", title="correct answer"),
+                 alt.Tooltip("correct:Q", format=".3f"), "n:Q"])
+    goal = alt.Chart(pd.DataFrame({"goal": [0.95]})).mark_rule(strokeDash=[4, 3], color="#d62728").encode(x="goal:Q")
+    return finish(alt.layer(bars, goal).properties(width=WIDTH - 60), title, cap)
+
+
+def organism_drops_chart(drops: pd.DataFrame, *, cap: str, threshold: float,
+                         title: str = "Drop below the anchor per family, every model"):
+    """Small multiples: per model, each family's drop by normalized depth with its simultaneous band."""
+    d = drops[drops.kind == "family"].rename(columns={"unit": "family"})
+    base = alt.Chart(d).encode(x=alt.X("depth:Q", title="normalized depth", scale=alt.Scale(domain=[0, 1])))
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("band_lo:Q", title="drop"), y2="band_hi:Q",
+                                              color=alt.Color("family:N", legend=None))
+    line = base.mark_line().encode(y="drop:Q", color=alt.Color("family:N", legend=alt.Legend(orient="bottom")),
+                                   tooltip=["model:N", "family:N", "layer:Q", alt.Tooltip("drop:Q", format=".3f")])
+    rule = alt.Chart(pd.DataFrame({"t": [threshold]})).mark_rule(strokeDash=[5, 3], color="#d62728").encode(y="t:Q")
+    chart = alt.layer(band, line, rule, data=d).properties(width=150, height=110).facet(
+        facet=alt.Facet("model:N", title=None, header=alt.Header(labelLimit=0)), columns=3)
+    return finish(chart, title, cap)
+
+
 def transfer_chart(df: pd.DataFrame, *, cap: str, parting: int | None = None,
                    title: str = "Decision probes within and across answer formats"):
     """Accuracy per layer of each (train format -> test format) series (``df``: layer, series, accuracy,
@@ -258,12 +287,12 @@ def explorer_chart(table: pd.DataFrame, *, cap: str, layers: Sequence[int], fami
                  alt.Tooltip("right:Q", title="correct"), alt.Tooltip("total:Q", title="n")],
     ).add_params(fam, lay, cls).properties(width=220, height=260)
     conf = base.mark_rect().encode(
-        x=alt.X("pred:N", sort=list(classes), title="predicted class"),
-        y=alt.Y("true:N", sort=list(classes), title="true class"),
+        x=alt.X("pred:N", sort=list(classes), title="predicted class", axis=alt.Axis(labelLimit=0, labelAngle=-60)),
+        y=alt.Y("true:N", sort=list(classes), title=None, axis=alt.Axis(labels=False)),
         color=alt.Color("count:Q", scale=alt.Scale(scheme="blues"), title="images"),
         opacity=alt.condition(cls, alt.value(1.0), alt.value(0.35)),
         tooltip=["true:N", "pred:N", "count:Q"],
-    ).properties(width=260, height=260)
+    ).properties(width=240, height=260)
     chart = alt.hconcat(per_class, conf)
     return finish(chart, title, cap)
 
@@ -279,6 +308,7 @@ def pair_charts(comp, *, seed: int, data_label: str, n: int):
     return out
 
 
-__all__ = ["STAGE_COLORS", "accuracy_chart", "answers_chart", "depth_chart", "drop_chart", "explorer_chart",
+__all__ = ["STAGE_COLORS", "accuracy_chart", "answers_chart", "behaviour_chart", "depth_chart", "drop_chart",
+           "explorer_chart", "organism_drops_chart",
            "sensitivity_chart", "stage_share_chart",
            "stage_map_chart", "transfer_chart"]

@@ -7,7 +7,6 @@ import json
 from collections.abc import Mapping
 
 from . import verdicts as V
-from .analysis import answer_summary
 from .stages import STAGES
 
 NA = "not measured in this build"
@@ -97,6 +96,11 @@ def status_rows(records: Mapping) -> list[str]:
     v, why = _verdict(p)
     row("Layer allocation shifts with the base LLM", "stated qualitatively (**confirmed**, abstract)", why if p else NA,
         v, f"`{p['model']}` vs `{p['reference']}`" if p else "—")
+    p = next((x for x in pairs if x.get("factor") == "LM fine-tuning"), None)
+    if p:
+        v, why = _verdict(p)
+        row("(this book's question, not a claim of paper A) Fine-tuning the LM in stage 2, as LLaVA-1.5 does, leaves "
+            "the stages as they are with a frozen LM", "—", why, v, f"`{p['model']}` vs `{p['reference']}`")
     v, why = _verdict(dec)
     row("Output format keeps the reasoning, changes the answer format: the decision is shared across formats, then "
         "the formats part", "stated qualitatively (**confirmed**, abstract); no layer in the reference",
@@ -200,19 +204,30 @@ def comparison_record(comp, runs: dict) -> dict:
             "n_images": first.n_images, "seed": first.seed, "data": first.data_label}
 
 
-def behaviour_note(run) -> str:
-    """One paragraph: how often the model answers correctly per family, and what that means for the analysis."""
-    s = answer_summary(run.store)
-    worst = s.sort_values("answered_correctly").iloc[0]
-    anchor = s[s.family == "anchor"].answered_correctly.mean()
-    lines = [f"The model prefers the expected answer on **{anchor:.1%}** of the images under the anchor question."]
-    if worst.answered_correctly < 0.75:
-        lines.append(f"It answers worst under `{worst.variant}` ({worst.answered_correctly:.1%}): read the probe "
-                     "results for that variant with care — the probes then describe a model that does not "
-                     "solve the task as posed.")
+def behaviour_note(run, table) -> str:
+    """One paragraph from :func:`.analysis.decision_behaviour`: how often the model answers correctly, per prompt and
+    image domain, and what that means for the probes (paraphrases no organism trained on reported apart)."""
+    fams = {v.name: v.family for v in run.variants}
+    t = table.assign(family=table.variant.map(fams))
+    probe = t[t.family != "paraphrase"]
+    para = t[t.family == "paraphrase"]
+    worst = probe.sort_values("answered_correctly").iloc[0]
+    lines = [f"On the {run.n_images} images ({', '.join(sorted(set(t['image shows'])))}), the model prefers the "
+             f"correct answer under every probe prompt on at least **{worst.answered_correctly:.1%}** of the images of "
+             f"either domain (lowest: `{worst.variant}` on images showing {worst['image shows']})."]
+    low = probe[probe.answered_correctly < 0.95]
+    if len(low):
+        lines.append("Below the 0.95 goal: " + "; ".join(f"`{r.variant}` on {r['image shows']} ({r.answered_correctly:.1%})"
+                                                          for _, r in low.iterrows())
+                     + ". Read the probe results for those prompts with care: the probes then describe a model that "
+                     "does not solve the task as posed.")
     else:
-        lines.append(f"Every variant is answered correctly on at least {worst.answered_correctly:.1%} of the images, so "
-                     "the probes below describe a model that solves the task.")
+        lines.append("Every probe prompt is answered correctly on at least 95 % of either domain's images, so the "
+                     "probes below describe a model that solves the task.")
+    if len(para):
+        pw = para.sort_values("answered_correctly").iloc[0]
+        lines.append(f"On the paraphrases no organism trained on, the lowest is `{pw.variant}` on images showing "
+                     f"{pw['image shows']}: {pw.answered_correctly:.1%}.")
     return " ".join(lines)
 
 

@@ -231,10 +231,22 @@ def threshold_sweep(results, *, drops=(0.05, 0.10, 0.15, 0.20), infos=(0.05, 0.1
     return pd.DataFrame(rows)
 
 
+def sweep_summary(sweep: pd.DataFrame) -> pd.DataFrame:
+    """One row per threshold setting, one column per stage: its layers (``first–last``) or ``—``."""
+    rows = []
+    for (d, i), g in sweep.groupby(["drop", "info"], sort=True):
+        row = {"drop": d, "info": i}
+        for r in g.itertuples():
+            row[r.stage] = "—" if pd.isna(r.first_layer) else (
+                f"{r.first_layer}" if r.first_layer == r.last_layer else f"{r.first_layer}–{r.last_layer}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def stage_of_family(stage: str) -> str | None:
     """The variant family whose drop defines ``stage`` (None for visual grounding)."""
     return FAMILY_OF_STAGE.get(stage)
 
 
 __all__ = ["FAMILIES", "IntervalSegmentation", "drop_table", "informative_band", "interval_signatures",
-           "segment_intervals", "stage_bootstrap", "stage_of_family", "threshold_sweep", "unit_scores"]
+           "segment_intervals", "stage_bootstrap", "stage_of_family", "sweep_summary", "threshold_sweep", "unit_scores"]
