@@ -126,11 +126,13 @@ def variant_spec(variants) -> dict | str:
 
 def run(model_id: str, dataset: str = "fashion-mnist", data_root: str | None = None, n_per_class: int | None = 50,
         variants="paper-a", device: str = "cpu", dtype: str = "float32", cache_dir=DEFAULT_CACHE, seed: int = 0,
-        *, lm: LoadedModel | None = None, data: ImageDataset | None = None, batch_size: int = 16,
-        progress: bool = False, families=None) -> Run:
+        *, lm: LoadedModel | None = None, data: ImageDataset | None = None, batch_size: int = 8,
+        batch_variants: bool = True, progress: bool = False, families=None) -> Run:
     """Extract (cached) and return a :class:`Run`. The store is found from the model's identity
     (:func:`probekit.models.identify`: config and weight files, no model built); the model is loaded only when that
-    store is missing or incomplete."""
+    store is missing or incomplete. Extraction runs every variant's suffix of ``batch_size`` images in one pass
+    (``batch_variants``: the same numbers up to float rounding; 1.6x faster on this book's 2-core CPU for smol-llava,
+    whose many small passes otherwise leave the cores idle)."""
     data = data if data is not None else get_dataset(dataset, data_root, n_per_class=n_per_class, seed=seed)
     if isinstance(variants, (list, tuple)) and variants and all(isinstance(v, Variant) for v in variants):
         vs = list(variants)
@@ -143,7 +145,7 @@ def run(model_id: str, dataset: str = "fashion-mnist", data_root: str | None = N
     store = complete_store(out, ident)
     if store is None:
         lm = lm or load(model_id, device, dtype)
-        store = extract(lm, data, vs, out, batch_size=batch_size, progress=progress)
+        store = extract(lm, data, vs, out, batch_size=batch_size, batch_variants=batch_variants, progress=progress)
     return Run(model_id=str(model_id), data=data, variants=vs, store=store, seed=seed, n_per_class=n_per_class, lm=lm)
 
 

@@ -204,15 +204,13 @@ def comparison_record(comp, runs: dict) -> dict:
             "n_images": first.n_images, "seed": first.seed, "data": first.data_label}
 
 
-def behaviour_note(run, table) -> str:
+def behaviour_note(run, table, paraphrases=None) -> str:
     """One paragraph from :func:`.analysis.decision_behaviour`: how often the model answers correctly, per prompt and
     image domain, and what that means for the probes (paraphrases no organism trained on reported apart)."""
-    fams = {v.name: v.family for v in run.variants}
-    t = table.assign(family=table.variant.map(fams))
-    probe = t[t.family != "paraphrase"]
-    para = t[t.family == "paraphrase"]
+    probe = table
+    para = paraphrases if paraphrases is not None else table.iloc[:0]
     worst = probe.sort_values("answered_correctly").iloc[0]
-    lines = [f"On the {run.n_images} images ({', '.join(sorted(set(t['image shows'])))}), the model prefers the "
+    lines = [f"On the {run.n_images} images ({', '.join(sorted(set(table['image shows'])))}), the model prefers the "
              f"correct answer under every probe prompt on at least **{worst.answered_correctly:.1%}** of the images of "
              f"either domain (lowest: `{worst.variant}` on images showing {worst['image shows']})."]
     low = probe[probe.answered_correctly < 0.95]
@@ -226,8 +224,8 @@ def behaviour_note(run, table) -> str:
                      "probes below describe a model that solves the task.")
     if len(para):
         pw = para.sort_values("answered_correctly").iloc[0]
-        lines.append(f"On the paraphrases no organism trained on, the lowest is `{pw.variant}` on images showing "
-                     f"{pw['image shows']}: {pw.answered_correctly:.1%}.")
+        lines.append(f"On the paraphrases no organism trained on ({int(pw.n)} images of each domain), the lowest is "
+                     f"`{pw.variant}` on images showing {pw['image shows']}: {pw.answered_correctly:.1%}.")
     return " ".join(lines)
 
 
