@@ -109,4 +109,30 @@ def organism_path(name: str) -> Path | None:
     return path if (path / "config.json").is_file() and any(path.glob("*.safetensors")) else None
 
 
-__all__ = ["DEFAULT_ORGANISM", "ORGANISMS", "Recipe", "SEED_REPLICATES", "SHIPPED_DIR", "organism_path", "shipped_dir"]
+def trained_recipe(name: str) -> dict | None:
+    """The recipe the shipped weights of ``name`` were actually trained with (its ``organism.json``), which can
+    differ from the registry's current recipe for an organism not yet retrained; None if none is recorded."""
+    import json
+
+    path = shipped_dir(name) / "organism.json"
+    return json.loads(path.read_text()).get("recipe") if path.is_file() else None
+
+
+RECIPE_METADATA = ("name", "summary", "base", "controlled_factor")
+
+
+def recipe_confounds(model: str, reference: str) -> dict[str, tuple]:
+    """Where the shipped ``model`` and ``reference`` were trained differently *beyond* what the registry says they
+    differ in (field -> (model's value, reference's value)); empty for a clean controlled pair. A pair shipped from
+    two recipe generations (one retrained, one not) is confounded in every changed field."""
+    a, b = trained_recipe(model), trained_recipe(reference)
+    if a is None or b is None or model not in ORGANISMS or reference not in ORGANISMS:
+        return {}
+    ra, rb = dataclasses.asdict(ORGANISMS[model]), dataclasses.asdict(ORGANISMS[reference])
+    intended = {k for k in ra if ra[k] != rb.get(k)}
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in intended and k not in RECIPE_METADATA}
+
+
+__all__ = ["DEFAULT_ORGANISM", "ORGANISMS", "Recipe", "SEED_REPLICATES", "SHIPPED_DIR", "organism_path",
+           "recipe_confounds", "shipped_dir", "trained_recipe"]

@@ -32,15 +32,20 @@ def controlled_pairs(model_ids) -> pd.DataFrame:
     no clean pair: ``qwen2vl-organism`` differs from ``llava-organism`` in the decoder *and* the vision tower and
     image tokens, ``smol-llava`` in nearly everything; both are marked not controlled.
     """
-    from ...organisms import ORGANISMS
+    from ...organisms import ORGANISMS, recipe_confounds
 
     rows = []
     ids = list(model_ids)
     for m in ids:
         r = ORGANISMS.get(m)
         if r is not None and r.base in ids and r.controlled_factor != "training seed":
-            rows.append({"factor": r.controlled_factor, "model": m, "reference": r.base, "controlled": True,
-                         "differs in": r.summary})
+            extra = recipe_confounds(m, r.base)
+            differs = r.summary if not extra else (
+                f"{r.summary} As shipped, the two were also trained differently ("
+                + ", ".join(f"{k}: {x!r} vs {y!r}" for k, (x, y) in list(extra.items())[:4])
+                + (", ..." if len(extra) > 4 else "") + "): not a controlled pair until both are trained by one recipe")
+            rows.append({"factor": r.controlled_factor, "model": m, "reference": r.base, "controlled": not extra,
+                         "differs in": differs})
     if "smol-llava-ft" in ids and "smol-llava" in ids:
         rows.append({"factor": "LM fine-tuning", "model": "smol-llava-ft", "reference": "smol-llava", "controlled": True,
                      "differs in": "SmolLM2 also trained in stage 2 (LoRA) instead of frozen; everything else identical"})
@@ -121,7 +126,10 @@ def compare(runs: dict, *, params: StageParams | None = None, n_boot: int = 1000
     for _, p in pairs.iterrows():
         est, lo, hi = curve_difference(_anchor(results[p.model]), _anchor(results[p.reference]), n_boot=n_boot)
         same = _sequence(segs[p.model]) == _sequence(segs[p.reference])
-        if p.factor == "base LLM":
+        if p.factor != "base LLM" and not p.controlled:
+            verdict = V.INCONCLUSIVE
+            because = f"not a controlled pair: {p['differs in']}"
+        elif p.factor == "base LLM":
             verdict = V.base_llm_shift(bool(p.controlled), None)
             because = (f"not a controlled pair ({p['differs in']}); stage starts by normalized depth — {p.model}: "
                        f"{_starts(segs[p.model], blocks[p.model])}; {p.reference}: {_starts(segs[p.reference], blocks[p.reference])}")
