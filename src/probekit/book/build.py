@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import ProbekitError
+from .organisms_page import write_organisms_page
 from .status import CHAPTERS, write_status_page
 
 SINGLE_MODEL_CHAPTERS = CHAPTERS[:3]
@@ -136,6 +137,7 @@ def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = N
                 p["model_id"] = str(model_id)
             execute_chapter(name, root, out, p, kernel_name=kernel_name, log=log)
     write_status_page(out)
+    write_organisms_page(out)
     result = build_html(root, out, log=log) if html else out
     log(f"[book] done in {time.perf_counter() - t0:.0f} s")
     return result
