@@ -47,10 +47,13 @@ def test_identity_changes_with_content_and_subset_is_reproducible(tmp_path):
 
 
 def test_fashion_mnist_from_the_debian_package():
-    ds = get_dataset("fashion-mnist", split="test")
+    ds = get_dataset("fashion-mnist", split="all-test")
     assert len(ds) == 10000 and len(ds.classes) == 10
     img, y = ds[0]
     assert img.size == (28, 28) and img.mode == "RGB" and y == 9  # the first test image is an ankle boot
+    dev, test = get_dataset("fashion-mnist", split="dev"), get_dataset("fashion-mnist", split="test")
+    assert len(dev) == len(test) == 5000 and not set(dev.ids) & set(test.ids)  # the halves of Fashion-MNIST's test
+    assert set(dev.ids) | set(test.ids) == set(ds.ids)
     assert len(get_dataset("fashion-mnist", split="train")) == 60000
 
 

@@ -6,16 +6,16 @@ import pytest
 import probekit.book.context as context
 import probekit.models as models
 from probekit.data import two_domain_dataset
-from probekit.papers.a_stages import analysis, chapter, claims
-from probekit.papers.a_stages.stages import segment_results
+from probekit.papers.a_stages import analysis, chapter, claims, intervals
 from probekit.prompts import decision_variants
 
 
 def _outputs(run):
     res = analysis.probe(run, n_boot=50)
-    seg = segment_results(res)
+    seg = intervals.segment_intervals(res, n_boot=50, seed=0)  # as chapter 2 does
+    evidence = claims.stage_evidence(seg, run.blocks)
     return {"facts": chapter.model_facts(run), "prompts": chapter.prompts_html(run), "probe": res.drop(columns=[]),
-            "record": claims.stage_record(run, res, seg), "answers": analysis.answer_summary(run.store)}
+            "record": claims.stage_record(run, res, seg, evidence), "answers": analysis.answer_summary(run.store)}
 
 
 def test_chapters_1_to_3_rerun_from_the_store_with_the_model_unavailable(tiny_dirs, tmp_path, monkeypatch):
