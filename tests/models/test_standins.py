@@ -287,7 +287,8 @@ def test_chapters_02_and_03_through_papermill(standin_dirs, name, tmp_path):
     params = {"model_id": model, "n_per_class": 3, "cache_dir": str(tmp_path / "cache"), "seed": 0}
     nb2 = nbformat.read(run_papermill("02_four_stages", tmp_path, params), as_version=4)
     rec = next(r for r in outputs(nb2, RECORD) if r["name"] == "four_stages")
-    assert rec["model"] == model and rec["n_images"] == 30 and rec["blocks"] == 2
+    assert rec["model"] == model and rec["n_images"] == 60 and rec["blocks"] == 2  # both domains extracted
+    assert 0 < rec["n_test"] < 30
     nb3 = nbformat.read(run_papermill("03_decision_vs_format", tmp_path, params), as_version=4)
     rec3 = next(r for r in outputs(nb3, RECORD) if r["name"] == "decision_format")
     assert rec3["model"] == model and rec3["blocks"] == 2 and rec3["n_images"] == 60  # fashion + held-out digits
