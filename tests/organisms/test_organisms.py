@@ -196,11 +196,13 @@ def test_shipped_organism_answers(name):
         assert res[k] >= 0.95, (k, res)
 
 
-# Known shortfall, stated rather than hidden: the shipped organisms name 70-76 % of held-out Fashion-MNIST
-# images (cards, 1,000 images: llava-organism 71.8 %, qwen2vl-organism 74.5 %, llava-organism-corpus 71.5 %,
-# llava-organism-tokenizer 69.8 %, llava-organism-instruct 76.0 %); the target is 80 %.
+# Known shortfall, stated rather than hidden: the organisms name about 80 % of Fashion-MNIST test-half images, on
+# either side of the 80 % target (cards, 1,000 images: llava-organism 79.8 %, -seed1 79.7 %, -seed2 83.9 %,
+# -tokenizer 80.4 %, -instruct 79.9 %, -corpus 81.0 %; qwen2vl-organism, not yet retrained, 74.5 %); on 200 images
+# some pass and some do not, so this stays a non-strict xfail.
 @pytest.mark.slow
-@pytest.mark.xfail(reason="naming target 80 % not yet met by the shipped organisms (see their cards)", strict=False)
+@pytest.mark.xfail(reason="naming target 80 % met by some shipped organisms, missed by others (see their cards)",
+                   strict=False)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_organism_naming(name):
     assert _behaviour(name)["naming"] >= 0.8
