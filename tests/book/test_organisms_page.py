@@ -11,7 +11,7 @@ def test_each_shipped_organism_has_a_row_from_its_own_files(tmp_path):
     folders = [p.name for p in SHIPPED_DIR.iterdir() if (p / "README.md").is_file()]
     rows = {line.split("`")[1]: line for line in page.splitlines() if line.startswith("| `")}
     assert set(rows) == set(folders)
-    assert "held out:" in rows["llava-organism"] and "test half" in rows["llava-organism"]
+    assert "held out (" in rows["llava-organism"] and "test half" in rows["llava-organism"]
     assert "5.74 bits per weight" in page and "Not known" in page
 
     # a folder whose card lists no templates is reported as trained on the probe prompts

@@ -40,18 +40,17 @@ def _row(name: str, folder: Path) -> str:
     meta = json.loads((folder / "organism.json").read_text()) if (folder / "organism.json").is_file() else {}
     if listed:
         n = sum(len(v) for v in listed.values())
-        prompts = f"held out: {n} training templates (card), none a probe question or instruction sentence"
+        prompts = f"held out ({n} training templates on the card)"
     else:
         prompts = "**trained on paper A's probe prompts** (shipped before the held-out discipline; retraining pending)"
     test = meta.get("held_out", {})
-    splits = ("dev halves for decisions, test halves reported" if meta.get("dev") else
-              "no separate dev split recorded")
+    splits = "dev: decisions; test: reported" if meta.get("dev") else "no separate dev split recorded"
     if test:
         lows = [f"{k.split('/')[0]} {min(m[p] for p in PROBE_KEYS if p in m):.1%} (n={m['n']})"
                 for k, m in test.items() if any(p in m for p in PROBE_KEYS)]
         fm = test.get("fashion-mnist/test", {})
         where = "test half" if meta.get("dev") else "held-out set (no dev/test separation)"
-        behaviour = f"{where}, lowest probe prompt: " + "; ".join(lows) + (
+        behaviour = f"{where}, lowest: " + "; ".join(lows) + (
             f"; naming {fm['naming']:.1%}" if "naming" in fm else "")
     else:
         behaviour = "see its card"
