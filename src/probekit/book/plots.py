@@ -1,8 +1,9 @@
 """How the book draws charts: probekit's altair renderer, the caption every chart carries and the title it
 is finished with, and inline images. The charts themselves live with their paper (``probekit.papers.*.charts``).
 
-Every chart carries a caption naming model, data, n and seed (:func:`caption`); it is drawn as the chart's
-subtitle and, by probekit's renderer, as a ``<figcaption>`` under it. Charts are interactive (tooltips;
+Every chart carries a caption naming model, data, n and seed (:func:`caption`); probekit's renderer draws it
+as a ``<figcaption>`` under the chart (not as a subtitle, which a long model list would push past the page
+column), and the chart keeps only its short title. Charts are interactive (tooltips;
 click a legend entry to highlight one series, shift-click for more).
 
 Rendering. ``enable()`` switches altair to probekit's ``text/html`` renderer. Its output is a ``<div
@@ -95,9 +96,9 @@ def caption(*, model: str, data: str, n: int | str, seed: int, extra: str | None
 
 
 def finish(chart, title: str, cap: str):
-    """A chart with its (short) title and, below it, the caption naming model, data, n and seed."""
-    return chart.properties(title=alt.TitleParams(title, subtitle=[cap], anchor="start"),
-                            usermeta={"caption": cap})
+    """A chart with its (short) title; the caption naming model, data, n and seed goes below it (``usermeta``,
+    drawn by the renderer as a figcaption)."""
+    return chart.properties(title=alt.TitleParams(title, anchor="start"), usermeta={"caption": cap})
 
 
 def legend_selection(field: str, name: str):
