@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 from ..organisms import ORGANISMS, SHIPPED_DIR
-from ..organisms.card import listed_templates
+from ..organisms.card import answer_keys, listed_templates
 
 ORGANISMS_PAGE = "organisms.md"
-PROBE_KEYS = ("anchor", "picture", "feature", "negation", "one_zero", "negation_one_zero")
 
 PROVENANCE = """\
 ## Parts' provenance (smol-llava)
@@ -46,8 +45,8 @@ def _row(name: str, folder: Path) -> str:
     test = meta.get("held_out", {})
     splits = "dev: decisions; test: reported" if meta.get("dev") else "no separate dev split recorded"
     if test:
-        lows = [f"{k.split('/')[0]} {min(m[p] for p in PROBE_KEYS if p in m):.1%} (n={m['n']})"
-                for k, m in test.items() if any(p in m for p in PROBE_KEYS)]
+        lows = [f"{k.split('/')[0]} {min(m[p] for p in answer_keys(m)):.1%} (n={m['n']})"
+                for k, m in test.items() if answer_keys(m)]
         fm = test.get("fashion-mnist/test", {})
         where = "test half" if meta.get("dev") else "held-out set (no dev/test separation)"
         behaviour = f"{where}, lowest: " + "; ".join(lows) + (

@@ -121,7 +121,7 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
     ]
     lines += _metrics_table(metrics)
     fm = metrics.get("fashion-mnist/test", {})
-    answers = {k: m[k] for m in metrics.values() for k in _answer_keys(m)}
+    answers = {k: m[k] for m in metrics.values() for k in answer_keys(m)}
     worst_by = {k: min(m[k] for m in metrics.values()) for k in answers}
     if worst_by:
         worst = min(worst_by, key=worst_by.get)
@@ -136,14 +136,16 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
     return out_dir / "README.md"
 
 
-def _answer_keys(m: dict) -> list[str]:
+def answer_keys(m: dict) -> list[str]:
+    """The probe prompts whose answer accuracy a held-out metrics dict (``organism.json``'s ``held_out`` / ``dev``
+    entries) holds."""
     return [k for k, v in m.items() if isinstance(v, float) and k != "naming"]
 
 
 def _metrics_table(metrics: dict) -> list[str]:
     """One row per held-out set: n, concept, every probe prompt, the paraphrases' lowest, naming."""
     first = next(iter(metrics.values()))
-    keys = _answer_keys(first)
+    keys = answer_keys(first)
     lines = ["| images | n | concept | " + " | ".join(keys) + " | paraphrases (lowest) | naming |",
              "|---|---|---|" + "---|" * (len(keys) + 2)]
     for name, m in metrics.items():
