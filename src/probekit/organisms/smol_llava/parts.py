@@ -27,8 +27,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("PROBEKIT_CACHE", Path.home() / ".cache" / "probekit"))
 
 
-def default_build_dir() -> Path:
-    return cache_root() / "organisms" / NAME
+def default_build_dir(name: str = NAME) -> Path:
+    return cache_root() / "organisms" / name
 
 
 def missing_wheel(dist: str, what: str) -> ModelLoadError:

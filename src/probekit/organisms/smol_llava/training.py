@@ -11,41 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from ..card import sha256_file as _sha256
-from .assembly import assemble, build_smol_llava, load_projector, projector_state_dict
+from .assembly import adapt, assemble, build_smol_llava, projector_state_dict
 from .card import write_card
 from .checks import conversion_checks, fingerprint
-from .constants import NAME, PROJECTOR_FILE, SHIPPED
+from .constants import FT_NAME, LORA, LORA_FILE_NAME, NAME, shipped
 
-# -------------------------------------------------------------------------------------------- training
+# ------------------------------------------------------------------------------- training (held-out prompts)
 
-def training_example(rng: np.random.Generator, domain: str, label: int, naming_fraction: float) -> tuple[str, str]:
-    """(question, answer) for an image of ``domain``: paper A's anchor and variants, asked with either
-    domain's concept (the variant set of the image's own domain keeps its expected answers; the other
-    domain's set flips them, so every phrasing has both answers), or naming -> the class name."""
-    from ..tasks import CLASS_NAMES, CONCEPTS, NAMING_QUESTIONS
-
-    if rng.random() < naming_fraction:
-        return NAMING_QUESTIONS[rng.integers(len(NAMING_QUESTIONS))], CLASS_NAMES[domain][label]
-    other = "digits" if domain == "fashion" else "fashion"
-    own = rng.random() < 0.5
-    concept, negation = (CONCEPTS[domain], CONCEPTS[other]) if own else (CONCEPTS[other], CONCEPTS[domain])
-    variants = _variants(concept, negation)
-    v = variants[rng.integers(len(variants))]
-    if own:
-        return v.text, v.expected
-    return v.text, v.answers[1] if v.expected == v.answers[0] else v.answers[0]
-
-
-_VARIANT_CACHE: dict = {}
-
-
-def _variants(concept, negation):
-    from ...prompts import paper_a_variants
-
-    key = (concept, negation)
-    if key not in _VARIANT_CACHE:
-        _VARIANT_CACHE[key] = paper_a_variants(concept, negation)
-    return _VARIANT_CACHE[key]
+LM_MODES = {"frozen": NAME, "lora": FT_NAME}
+STAGE1_MIX = {"caption": 0.5, "naming": 0.5}
+STAGE2_MIX = {"concept_yn": 0.25, "concept_10": 0.2, "concept_tf": 0.05, "class_yn": 0.2, "naming": 0.3}
 
 
 def _answer_loss(model, inputs: dict):
@@ -61,155 +36,205 @@ def _answer_loss(model, inputs: dict):
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
 
 
-def train_smol_llava(out_dir=None, *, seed: int = 0, steps: int = 300, batch: int = 16, lr: float = 1e-3,
-                     naming_fraction: float = 0.2, digits_fraction: float = 0.3, paired: bool = True,
-                     variant_weights: dict[str, float] | None = None,
-                     eval_per_class: int = 20, digits_per_class: int | None = 10,
-                     threads: int | None = None, write_shipped: bool = True, init_projector=None,
-                     previous_segments: list[dict] | None = None, log=print) -> dict:
-    """LLaVA stage 1 on this organism: the projector alone is trained (DINOv2 and SmolLM2 frozen) on
-    Fashion-MNIST train images + the train 2/3 of scikit-learn's digits, with paper A's anchor and
-    variant questions and naming. With ``paired`` (the default) a batch is made of pairs that share one
-    question and differ in the answer: a paper-A variant asked of one Fashion-MNIST and one digit image
-    (so the text alone cannot give the answer), or naming asked of two images of different classes of one
-    domain (``digits_fraction`` of naming pairs are digits); otherwise examples are drawn one by one.
-    ``variant_weights`` (paired batches only) draws the paper-A variants with these relative weights instead of
-    uniformly (e.g. ``{"one_zero": 4}`` to spend more of a segment on the output-format variant).
-    Then the held-out behaviour is measured and, with ``write_shipped``,
-    the projector + model card are written to ``shipped/smol-llava/`` and the full model is built into
-    ``out_dir`` (default: the cache) from them. ``init_projector`` (a projector safetensors file) continues
-    training from it instead of a fresh seeded projector; ``previous_segments`` (the reports of the runs
-    that made it) are kept in the report and the card. Returns the report."""
+def _stage_examples(rng, pools, n, mix, digits_fraction):
+    """``n`` (domain, index, question, answer) from the training bank (:mod:`probekit.organisms.tasks`): the
+    mix's kinds, with 'caption' for LLaVA stage 1's brief captions."""
+    from ..tasks import sample_batch
+
+    kinds = list(mix)
+    p = np.array([mix[k] for k in kinds], float)
+    counts = rng.multinomial(n, p / p.sum())
+    out = []
+    for kind, c in zip(kinds, counts):
+        if c:
+            out += sample_batch(rng, pools, int(c), mix=None if kind == "caption" else {kind: 1.0},
+                                digits_fraction=digits_fraction)
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def dev_check(model, processor, *, per_class: int = 10, log=print) -> dict:
+    """Answer accuracy on every probe prompt on the **dev** half (the split for training decisions)."""
+    from ..evaluate import evaluate
+
+    return evaluate(model, processor, split="dev", per_class=per_class, naming=False, paraphrases=False, log=log)
+
+
+def _dev_min(res: dict) -> float:
+    return min(v for d in res.values() for v in d.values() if isinstance(v, float))
+
+
+def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps: int = 100,
+                     instruct_steps: int = 500, batch: int = 16, align_lr: float = 2e-3, instruct_lr: float = 1e-3,
+                     digits_fraction: float = 0.3, dev_every: int = 100, dev_per_class: int = 10,
+                     dev_stop: float = 0.97, test_per_class: int = 20, threads: int | None = None, log=print) -> dict:
+    """LLaVA's two stages on this organism, on the question bank from which paper A's probe prompts are held
+    out (:func:`probekit.organisms.tasks.probe_wordings`):
+
+    1. **align**: the projector alone (DINOv2 and SmolLM2 frozen) on brief captions and naming;
+    2. **instruct**: the bank's mix (concept and class questions in yes/no, 1/0 and true/false, naming) with the
+       projector trained and SmolLM2 either frozen (``lm='frozen'``: ``smol-llava``) or fine-tuned through LoRA
+       adapters (``lm='lora'``: ``smol-llava-ft``; :data:`LORA`, via peft), as LLaVA-1.5 fine-tunes its LLM.
+
+    Every ``dev_every`` steps of stage 2 the probe prompts are scored on the dev half (``dev_per_class`` per
+    class); training stops early once every prompt on both domains reaches ``dev_stop`` (the one training
+    decision, taken on dev). Then the test half is scored once (``test_per_class`` per class) for the card.
+    Writes ``projector.safetensors`` (+ ``lm_lora.safetensors``) and ``training.json`` into ``out_dir``."""
     import torch
     from safetensors.torch import save_file
 
     from .. import recipe as recipe_mod
-    from ..recipe import Chat, encode
-    from ..tasks import CONCEPTS, image_pools
+    from PIL import Image
 
+    from ..recipe import Chat, encode
+    from ..tasks import image_pools
+
+    if lm not in LM_MODES:
+        raise ValueError(f"lm must be one of {sorted(LM_MODES)}, got {lm!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
     t0, c0 = time.perf_counter(), time.process_time()
-    load_start = os.getloadavg()
+    load_start = os.getloadavg()[0]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    init = load_projector(Path(init_projector)) if init_projector is not None else None
-    model, processor = assemble(init, seed=seed, log=log)
+    model, processor = assemble(None, seed=seed, log=log)
     setup = time.perf_counter() - t0
     chat = Chat(processor)
     pools = image_pools("train", seed=seed)
     for p in model.parameters():
         p.requires_grad_(False)
-    params = list(model.model.multi_modal_projector.parameters())
-    for p in params:
+    projector = list(model.model.multi_modal_projector.parameters())
+    for p in projector:
         p.requires_grad_(True)
     model.train()
 
-    def pil(domain, i):
-        from PIL import Image
-
+    def _pil(pools, domain, i):
         return Image.fromarray(pools[domain].images[i]).convert("RGB")
 
-    def draw(domain, label=None):
-        pool = pools[domain]
-        if label is None:
-            return int(rng.integers(len(pool)))
-        return int(rng.choice(np.flatnonzero(pool.labels != label)))
+    def loss_for(mix):
+        def loss_fn(_):
+            ex = _stage_examples(rng, pools, batch, mix, digits_fraction)
+            return _answer_loss(model, encode(chat, [_pil(pools, d, i) for d, i, _, _ in ex],
+                                              [q for *_, q, _ in ex], [a for *_, a in ex]))
+        return loss_fn
 
-    def loss_fn(_):
-        pils, qs, ans = [], [], []
-        while len(pils) < batch:
-            if not paired:
-                domain = "digits" if rng.random() < digits_fraction else "fashion"
-                i = draw(domain)
-                q, a = training_example(rng, domain, int(pools[domain].labels[i]), naming_fraction)
-                pils.append(pil(domain, i)), qs.append(q), ans.append(a)
-                continue
-            # a pair: one question, two images whose answers differ, so only the image can tell them apart
-            if rng.random() < naming_fraction:
-                domain = "digits" if rng.random() < digits_fraction else "fashion"
-                i = draw(domain)
-                j = draw(domain, int(pools[domain].labels[i]))
-                q, a = training_example(rng, domain, int(pools[domain].labels[i]), 1.0)
-                _, b = training_example(rng, domain, int(pools[domain].labels[j]), 1.0)
-                pair = ((domain, i, a), (domain, j, b))
-            else:  # a paper-A variant about one domain's concept, asked of a fashion and a digit image
-                own = "fashion" if rng.random() < 0.5 else "digits"
-                other = "digits" if own == "fashion" else "fashion"
-                v = _variants(CONCEPTS[own], CONCEPTS[other])
-                if variant_weights:
-                    w = np.array([float(variant_weights.get(x.name, 1.0)) for x in v])
-                    v = v[rng.choice(len(v), p=w / w.sum())]
-                else:  # uniform (the draw of the first segments; keeps them reproducible)
-                    v = v[rng.integers(len(v))]
-                flipped = v.answers[1] if v.expected == v.answers[0] else v.answers[0]
-                q = v.text
-                pair = ((own, draw(own), v.expected), (other, draw(other), flipped))
-            for domain, k, answer in pair:
-                pils.append(pil(domain, k)), qs.append(q), ans.append(answer)
-        return _answer_loss(model, encode(chat, pils[:batch], qs[:batch], ans[:batch]))
+    stages = {"align": recipe_mod.optimize("align", projector, align_steps, align_lr, loss_for(STAGE1_MIX), log, every=10)}
+    params = list(projector)
+    peft_model = None
+    if lm == "lora":
+        peft_model = adapt(model)  # injects the adapters into ``model`` in place
+        adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+        for p in adapters:
+            p.requires_grad_(True)
+        for p in projector:
+            p.requires_grad_(True)
+        params += adapters
+        log(f"[instruct] LoRA r={LORA['r']} on SmolLM2's projections: {sum(p.numel() for p in adapters):,} parameters")
+    dev_history = []
+    stop = {"reason": "max steps"}
 
-    stats = recipe_mod.optimize("projector", params, steps, lr, loss_fn, log, every=10)
+    base = loss_for(STAGE2_MIX)
+
+    class _EarlyStop(Exception):
+        pass
+
+    def loss_fn(s):
+        if s and dev_every and s % dev_every == 0:
+            model.eval()
+            with torch.no_grad():
+                res = dev_check(model, processor, per_class=dev_per_class, log=log)
+            model.train()
+            dev_history.append({"step": s, "min": _dev_min(res), "dev": res})
+            if _dev_min(res) >= dev_stop:
+                stop.update(reason=f"every probe prompt >= {dev_stop} on dev", step=s)
+                raise _EarlyStop
+        return base(s)
+
+    t_inst = time.perf_counter()
+    try:
+        stages["instruct"] = recipe_mod.optimize("instruct", params, instruct_steps, instruct_lr, loss_fn, log, every=10)
+    except _EarlyStop:
+        stages["instruct"] = {"steps": stop["step"], "planned_steps": instruct_steps,
+                              "seconds": round(time.perf_counter() - t_inst, 1), "lr": instruct_lr}
+    stages["instruct"]["stopped"] = stop
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    files = {}
+    save_file(projector_state_dict(model), str(out_dir / "projector.safetensors"),
+              metadata={"organism": LM_MODES[lm], "seed": str(seed)})
+    files["projector"] = "projector.safetensors"
+    if peft_model is not None:
+        from peft import get_peft_model_state_dict
+
+        state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+        save_file(state, str(out_dir / "lm_lora.safetensors"), metadata={"organism": LM_MODES[lm], "seed": str(seed)})
+        files["lm_lora"] = "lm_lora.safetensors"
     train_seconds = time.perf_counter() - t0
     report = {
-        "seed": seed, "steps": steps, "batch": batch, "lr": lr, "naming_fraction": naming_fraction,
-        "digits_fraction": digits_fraction, "paired": paired, "variant_weights": variant_weights, "setup_seconds": round(setup, 1),
-        "load_average_1min": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2),
-                              "cores": os.cpu_count()},
+        "organism": LM_MODES[lm], "lm": lm, "seed": seed, "batch": batch, "digits_fraction": digits_fraction,
+        "align": {"steps": align_steps, "lr": align_lr, "mix": STAGE1_MIX},
+        "instruct": {"planned_steps": instruct_steps, "lr": instruct_lr, "mix": STAGE2_MIX,
+                     "lora": LORA if lm == "lora" else None},
+        "stages": stages, "dev_every": dev_every, "dev_per_class": dev_per_class, "dev_stop": dev_stop,
+        "dev_history": dev_history, "setup_seconds": round(setup, 1),
         "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(time.process_time() - c0, 1),
-        "torch_threads": torch.get_num_threads(), "loss": stats,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2), "cores": os.cpu_count()},
         "train_images": {"fashion": len(pools["fashion"]), "digits": len(pools["digits"])},
-        "init_projector": None if init_projector is None else {"path": str(init_projector),
-                                                               "sha256": _sha256(Path(init_projector))},
-        "previous_segments": list(previous_segments or []),
+        "trained_parameters": sum(p.numel() for p in params), "test_per_class": test_per_class,
+        "files": {k: {"file": v, "sha256": _sha256(out_dir / v)} for k, v in files.items()},
     }
-    log(f"[train] {train_seconds:.0f} s; evaluating on held-out images")
+    (out_dir / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    log(f"[train] {train_seconds:.0f} s; scoring the test half ({test_per_class} per class)")
     t = time.perf_counter()
-    report["held_out"] = evaluate_smol_llava(model, processor, eval_per_class=eval_per_class,
-                                             digits_per_class=digits_per_class, log=log)
+    from ..evaluate import evaluate
+
+    report["held_out"] = evaluate(model, processor, split="test", per_class=test_per_class, log=log)
     report["eval_seconds"] = round(time.perf_counter() - t, 1)
-    state = projector_state_dict(model)
-    if write_shipped:
-        SHIPPED.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(PROJECTOR_FILE), metadata={"organism": NAME, "seed": str(seed), "steps": str(steps)})
-        (SHIPPED / "training.json").write_text(json.dumps(report, indent=1) + "\n")
-        del model
-        try:  # build from the shipped projector, check the conversions on the build, write card + fingerprint
-            report["conversion_checks"] = finalize(out_dir, log=log)
-        except Exception as e:  # the projector and report are written; `finalize()` can be re-run on them
-            log(f"[{NAME}] build/card failed after training: {type(e).__name__}: {e}; re-run finalize()")
+    (out_dir / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
-def evaluate_smol_llava(model, processor, *, eval_per_class: int = 30, digits_per_class: int | None = 20,
-                        seed: int = 0, log=print) -> dict:
-    """Held-out behaviour with the organisms' one evaluator (:func:`probekit.organisms.evaluate.evaluate`: the
-    book's readout, every probe prompt, the unseen paraphrases, naming) on the test half."""
-    from ..evaluate import evaluate
-
-    return evaluate(model, processor, split="test", per_class=eval_per_class, seed=seed, log=log)
-
-
-def finalize(out_dir=None, *, log=print) -> dict:
-    """After training: build from the shipped projector, run the conversion checks on the build, write
-    ``fingerprint.json`` and the card. Returns the checks."""
+def finalize(name: str, run_dir, out_dir=None, *, log=print) -> dict:
+    """Ship a finished run of ``name``: copy its weights and ``training.json`` from ``run_dir`` into
+    ``shipped/<name>/``, build the model from them (``out_dir``, default the cache), run the conversion checks on
+    the build, write ``fingerprint.json`` and the card. Returns the checks."""
     import torch
+    from safetensors.torch import load_file
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    run_dir, dest = Path(run_dir), shipped(name)
+    report = json.loads((run_dir / "training.json").read_text())
+    if report["organism"] != name or "held_out" not in report:
+        raise ValueError(f"{run_dir}: not a finished run of {name} (organism {report.get('organism')!r}; "
+                         "held-out numbers written last)")
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("projector.safetensors", LORA_FILE_NAME):
+        if (dest / f).exists():
+            (dest / f).unlink()
+    trained = 0
+    for entry in report["files"].values():
+        src = run_dir / entry["file"]
+        if _sha256(src) != entry["sha256"]:
+            raise ValueError(f"{src}: sha256 differs from the run's report; the run folder was changed")
+        shutil.copy(src, dest / entry["file"])
+        trained += sum(v.numel() for v in load_file(str(src)).values())
     t = time.perf_counter()
-    path = build_smol_llava(out_dir, log=log, force=True)
+    path = build_smol_llava(out_dir, name=name, log=log, force=True)
     build_seconds = time.perf_counter() - t
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(path)
-    checks = conversion_checks(model)
-    (SHIPPED / "fingerprint.json").write_text(json.dumps(fingerprint(model, processor), indent=1) + "\n")
-    report = json.loads((SHIPPED / "training.json").read_text())
-    report["conversion_checks"] = checks
+    checks = conversion_checks(model) if name == NAME else None  # smol-llava-ft's SmolLM2 is no longer the GGUF's
+    report["parameters"] = sum(p.numel() for p in model.parameters())
+    report["trained_parameters"] = trained
+    report.setdefault("test_per_class", report["held_out"][next(iter(report["held_out"]))]["n"] // 10)
     report["build_seconds"] = round(build_seconds, 1)
-    (SHIPPED / "training.json").write_text(json.dumps(report, indent=1) + "\n")
-    write_card(report, checks, build_seconds)
-    shutil.copy(SHIPPED / "README.md", path / "README.md")
-    return checks
+    if checks is not None:
+        report["conversion_checks"] = checks
+    (dest / "fingerprint.json").write_text(json.dumps(fingerprint(model, processor), indent=1) + "\n")
+    (dest / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_card(report, checks, build_seconds, name=name)
+    shutil.copy(dest / "README.md", path / "README.md")
+    return checks or {}
