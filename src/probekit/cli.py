@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--root", help="book root with _config.yml, _toc.yml, notebooks/ (default: found from the cwd)")
     b.add_argument("--out", help="where the executed notebooks and _build/html go (default: <root>/book)")
     b.add_argument("--model-id", help="model of chapters 01-03 (default: the notebooks' default, smol-llava)")
-    b.add_argument("--model-ids", help="comma-separated models of chapter 04 (default: the notebook's list: the organisms, their seed replicates and smol-llava)")
+    b.add_argument("--model-ids", help="comma-separated models of chapter 04 (default: the notebook's list: the organisms, their seed replicates, smol-llava and smol-llava-ft)")
     b.add_argument("--n-per-class", type=_positive_int, help="images per class (default: the notebooks' default)")
     b.add_argument("--cache-dir", help="activation cache (default: <root>/.cache/probekit)")
     b.add_argument("--chapters", nargs="+", help="only these chapters (e.g. 01_setup 02_four_stages)")
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other notebook parameter (VALUE parsed as YAML), e.g. -p drop 0.15")
     b.add_argument("--no-execute", action="store_true", help="only build the HTML from the executed notebooks in book/")
     b.add_argument("--no-html", action="store_true", help="only execute the notebooks")
+    b.add_argument("--jobs", type=_positive_int, help="chapters executed at once (default: 2 on 2+ cores; each kernel "
+                   "then gets one torch thread; chapters 2-4 start after chapter 1, whose activations they read)")
 
     from .organisms import ORGANISMS
     from .organisms.smol_llava import FT_NAME as SMOL_FT
@@ -131,7 +133,7 @@ def _book(a) -> int:
     params = {k: yaml.safe_load(v) for k, v in a.parameter}
     html = build_book(a.root, out_dir=a.out, model_id=a.model_id, model_ids=a.model_ids, n_per_class=a.n_per_class,
                       cache_dir=a.cache_dir, parameters=params, chapters=a.chapters, execute=not a.no_execute,
-                      html=not a.no_html)
+                      html=not a.no_html, jobs=a.jobs)
     print(f"wrote {html} in {time.perf_counter() - t:.0f} s")
     return 0
 

@@ -28,6 +28,9 @@ from .status import CHAPTERS, write_status_page
 
 SINGLE_MODEL_CHAPTERS = CHAPTERS[:3]
 COMPARISON_CHAPTER = CHAPTERS[3]
+# Chapter 1 extracts the one activation store chapters 2-4 read (chapter 4 also extracts its other models); chapters
+# 5 and 6 extract their own. A chapter starts only after the chapters it reads from.
+AFTER = {CHAPTERS[1]: (CHAPTERS[0],), CHAPTERS[2]: (CHAPTERS[0],), CHAPTERS[3]: (CHAPTERS[0],)}
 HIDE_TAG = "hide-input"
 VEGA_FILES = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 
@@ -63,10 +66,15 @@ def prepare_for_book(path: str | Path) -> None:
 
 
 def execute_chapter(name: str, root: Path, out_dir: Path, parameters: Mapping, *, kernel_name: str | None = None,
-                    log: Callable = print) -> Path:
-    """papermill ``notebooks/<name>.ipynb`` -> ``out_dir/<name>.ipynb`` with ``parameters``; cwd = ``root``."""
+                    log: Callable = print, threads: int | None = None) -> Path:
+    """papermill ``notebooks/<name>.ipynb`` -> ``out_dir/<name>.ipynb`` with ``parameters``; cwd = ``root``.
+    ``threads``: the kernel's torch/OpenMP threads, passed as ``OMP_NUM_THREADS`` (the kernel inherits the build's
+    environment: :func:`build_book` sets it for all kernels before starting them, so ``threads`` here only checks
+    that it did)."""
     import papermill as pm
 
+    if threads is not None and os.environ.get("OMP_NUM_THREADS") != str(threads):
+        raise ProbekitError(f"chapter {name}: OMP_NUM_THREADS must be {threads} before its kernel starts")
     src = root / "notebooks" / f"{name}.ipynb"
     if not src.is_file():
         raise ProbekitError(f"chapter notebook {str(src)!r} is missing")
@@ -102,17 +110,46 @@ def build_html(root: Path, out_dir: Path, *, log: Callable = print) -> Path:
     return html
 
 
+def run_chapters(names: Sequence[str], execute: Callable[[str, int | None], object], *, jobs: int) -> list[str]:
+    """Run ``execute(name, threads)`` for every chapter of ``names``, ``jobs`` at a time, each after the chapters of
+    :data:`AFTER` that are also in ``names``, in ``names`` order otherwise; ``threads`` is 1 when ``jobs > 1`` (two
+    kernels on two cores, no OpenMP oversubscription), else ``None`` (the kernel's default). The first failure stops
+    new starts, waits for the running ones and is raised. Returns the order in which chapters started."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    threads = 1 if jobs > 1 else None
+    todo, done, started, running = list(names), set(), [], {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while todo or running:
+            ready = [n for n in todo if all(d in done or d not in names for d in AFTER.get(n, ()))]
+            while ready and len(running) < jobs:
+                n = ready.pop(0)
+                todo.remove(n)
+                started.append(n)
+                running[pool.submit(execute, n, threads)] = n
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                name = running.pop(f)
+                if f.exception() is not None:
+                    wait(running)
+                    raise f.exception()
+                done.add(name)
+    return started
+
+
 def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = None, model_id: str | None = None,
                model_ids: Sequence[str] | str | None = None, n_per_class: int | None = None,
                cache_dir: str | Path | None = None, parameters: Mapping | None = None,
                chapters: Sequence[str] | None = None, execute: bool = True, html: bool = True,
-               kernel_name: str | None = None, log: Callable = print) -> Path:
+               kernel_name: str | None = None, jobs: int | None = None, log: Callable = print) -> Path:
     """Execute every chapter with papermill into ``out_dir`` (default ``<root>/book``) and build the HTML.
 
     ``model_id`` (chapters 01–03), ``model_ids`` (chapter 04), ``n_per_class`` and ``cache_dir`` override the
     notebooks' defaults (the embedded default model; ``<root>/.cache/probekit``); ``parameters`` adds any
-    other notebook parameter (e.g. ``{"drop": 0.15}``). ``chapters`` picks a subset by name. Returns the
-    HTML directory (or ``out_dir`` when ``html=False``).
+    other notebook parameter (e.g. ``{"drop": 0.15}``). ``chapters`` picks a subset by name. ``jobs``: chapters
+    executed at once (default: 2 on a machine with 2 or more cores, else 1), each kernel with one torch thread when
+    more than one runs, a chapter starting only after the chapters whose activations it reads (:data:`AFTER`).
+    Returns the HTML directory (or ``out_dir`` when ``html=False``).
     """
     root = find_root(root) if root is None else Path(root).resolve()
     out = Path(out_dir).resolve() if out_dir else root / "book"
@@ -127,6 +164,7 @@ def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = N
         raise ProbekitError(f"unknown chapter(s) {unknown}; chapters are {', '.join(CHAPTERS)}")
     t0 = time.perf_counter()
     if execute:
+        params = {}
         for name in names:
             p = dict(common)
             if name == COMPARISON_CHAPTER:
@@ -135,7 +173,22 @@ def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = N
                     p["model_ids"] = list(model_ids) if not isinstance(model_ids, str) else model_ids.split(",")
             elif model_id is not None:
                 p["model_id"] = str(model_id)
-            execute_chapter(name, root, out, p, kernel_name=kernel_name, log=log)
+            params[name] = p
+        jobs = jobs if jobs is not None else min(2, os.cpu_count() or 1)
+        if jobs < 1:
+            raise ProbekitError(f"jobs must be a positive number of chapters run at once, got {jobs}")
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        if jobs > 1:  # every kernel inherits one thread: two kernels on two cores, no OpenMP oversubscription
+            os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        try:
+            run_chapters(names, lambda name, threads: execute_chapter(
+                name, root, out, params[name], kernel_name=kernel_name, log=log, threads=threads), jobs=jobs)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     write_status_page(out)
     write_organisms_page(out)
     result = build_html(root, out, log=log) if html else out
@@ -143,4 +196,5 @@ def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = N
     return result
 
 
-__all__ = ["CHAPTERS", "build_book", "build_html", "execute_chapter", "find_root", "prepare_for_book"]
+__all__ = ["AFTER", "CHAPTERS", "build_book", "build_html", "execute_chapter", "find_root", "prepare_for_book",
+           "run_chapters"]
