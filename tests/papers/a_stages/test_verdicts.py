@@ -52,3 +52,25 @@ def test_lexical_parting_stability_and_base_llm():
     assert V.stability(0.02, 0.01, None, True) == V.INCONCLUSIVE
     assert V.stability(0.02, 0.01, 0.03, False) == V.INCONCLUSIVE
     assert V.base_llm_shift(False, True) == V.INCONCLUSIVE and V.base_llm_shift(True, False) == V.NOT_REPRODUCED
+
+
+def test_premise_paragraph_holds_fails_or_is_uncertain_by_the_wilson_bounds():
+    import types
+
+    import pandas as pd
+
+    from probekit.papers.a_stages import claims
+
+    run = types.SimpleNamespace(model_id="m")
+
+    def table(acc, n):
+        return pd.DataFrame([{"variant": "anchor", "image shows": "a fashion item", "answered_correctly": acc, "n": n},
+                             {"variant": "one_zero", "image shows": "a handwritten digit", "answered_correctly": 1.0,
+                              "n": n}])
+
+    assert "premise **holds**" in claims.premise_paragraph(run, table(0.99, 1000))  # Wilson low ~0.982
+    fails = claims.premise_paragraph(run, table(0.80, 1000))
+    assert "premise **fails**" in fails and "`anchor` on a fashion item (80.0%" in fails
+    assert "premise **uncertain**" in claims.premise_paragraph(run, table(0.95, 40))  # low ~0.83, high ~0.99
+    para = pd.DataFrame([{"variant": "para_look", "image shows": "a fashion item", "answered_correctly": 0.5, "n": 30}])
+    assert "`para_look`" in claims.premise_paragraph(run, table(0.99, 1000), para)

@@ -197,7 +197,15 @@ def test_chapter_pipeline_end_to_end_and_cached(tiny_dirs, tmp_path):
     rows = claims.status_rows(rec)
     # the record travels through the notebook as JSON with sorted keys: the rows must not change
     assert claims.status_rows(json.loads(json.dumps(rec, sort_keys=True, default=str))) == rows
-    assert all(r.startswith("| (B) ") and r.count(" | ") == 4 and " | — | " in r for r in rows)
+    assert all(r.startswith("| (B) ") and r.count(" | ") == 4 for r in rows)
+    words = [r.split(" | ")[3] for r in rows]
+    assert set(words) <= {"reproduced", "not reproduced", "inconclusive", "—"}
+    verdicts = claims.verdict_rows(rec)
+    assert {"causality", "values_carry", "augments", "below_encoder", "artifacts", "prefix"} <= set(verdicts)
+    assert verdicts["causality"]["verdict"] == "reproduced"  # causal attention: exactly unchanged
+    assert sum(w != "—" for w in words) == len(verdicts)  # every judged claim has its row, the rest "—"
+    para = claims.verdict_paragraph(rec)
+    assert para.startswith(f"**Verdicts on `{model}`**") and all(v["claim"] in para for v in verdicts.values())
     assert all("**confirmed**" in r or "**secondary**" in r or "**unknown**" in r for r in rows)
     assert any("input-agnostic late-layer keys" in r for r in rows) and any("not run" in r for r in rows)
     assert all(r.split("|")[3].strip() == "not measured in this build" for r in claims.status_rows(None))

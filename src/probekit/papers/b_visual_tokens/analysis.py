@@ -284,6 +284,8 @@ def findings(tr: TokensRun, res: Perception) -> dict:
         key = ("plain", task, metric, "values", int(b.layer))
         x = {"metric": metric, "best_values": {"layer": int(b.layer), "score": float(b.score),
                                                "ci": [float(b.ci_low), float(b.ci_high)]}}
+        ch = res.table[(res.table.task == task) & (res.table.metric == metric)].chance.dropna()
+        x["chance"] = float(ch.iloc[0]) if len(ch) else None
         for base in BASELINES:
             bk = ("plain", task, metric, base, -1)
             if bk in res.boot:

@@ -174,6 +174,65 @@ def record_payload(tr: TokensRun, res: Perception) -> dict:
             "conditions": list(tr.conditions), "tasks": findings(tr, res)}
 
 
+CAUSAL_TOLERANCE = 1e-4  # float rounding: a key/value change at or below this is "does not depend on the text"
+
+
+def verdict_rows(rec: dict | None) -> dict[str, dict]:
+    """Each measured claim of paper B -> {claim, verdict, because}, by the rule of :mod:`probekit.papers.directional`
+    (methods page): a paired difference's interval on the predicted side of zero, tallied over the tasks."""
+    from .. import directional as D
+
+    if not rec:
+        return {}
+    got = rec.get("tasks", {})
+    T = {t: got[t] for t in TASKS if t in got}
+    out = {}
+    c = rec.get("causality") or {}
+    worst = max(c.get("keys", np.nan), c.get("values", np.nan))
+    if not np.isnan(worst):
+        out["causality"] = {"claim": "image keys and values do not depend on the text after the image",
+                            "verdict": D.REPRODUCED if worst <= CAUSAL_TOLERANCE else D.NOT_REPRODUCED,
+                            "because": f"largest change {worst:.1e} (tolerance {CAUSAL_TOLERANCE:.0e}, float rounding)"}
+    above = {t: {"diff": x["best_values"]["score"] - x["chance"],
+                 "ci": [x["best_values"]["ci"][0] - x["chance"], x["best_values"]["ci"][1] - x["chance"]]}
+             for t, x in T.items() if x.get("chance") is not None}
+    out["values_carry"] = {"claim": "image values carry enough for zero-shot perception (best values layer above chance)",
+                           "verdict": D.tally({t: D.signed(d["ci"]) for t, d in above.items()}),
+                           "because": D.because(above, "best values layer minus chance, the layer picked on the same "
+                                                       "images")}
+    for key, base, sign, claim in (
+            ("augments", "projector", 1, "the LM augments the projected encoder output (values above the projector)"),
+            ("below_encoder", "vision encoder", -1, "the values hold less than the vision encoder (here: the model's "
+                                                    "own, not SigLIP)")):
+        diffs = {t: x.get(f"values_minus_{base}") for t, x in T.items() if x.get(f"values_minus_{base}")}
+        out[key] = {"claim": claim, "verdict": D.tally({t: D.signed(d["ci"], sign) for t, d in diffs.items()}),
+                    "because": D.because(diffs, f"best values layer minus the {base}")}
+    if not rec.get("agnostic"):
+        out["artifacts"] = {"claim": "late input-agnostic keys are artifacts that reduce perception",
+                            "verdict": D.NOT_REPRODUCED,
+                            "because": f"no late-layer key is input-agnostic by the rule (ratio < {rec['threshold']}; "
+                                       f"lowest late ratio {rec.get('min_late_variance') or float('nan'):.3f}): the "
+                                       "artifact did not appear"}
+    else:
+        diffs = {t: x.get("blocked_minus_plain") for t, x in T.items() if x.get("blocked_minus_plain")}
+        out["artifacts"] = {"claim": "late input-agnostic keys are artifacts that reduce perception (blocking them helps)",
+                            "verdict": D.tally({t: D.signed(d["ci"]) for t, d in diffs.items()}),
+                            "because": D.because(diffs, "blocked minus plain")}
+    diffs = {t: x.get("prefix_minus_plain") for t, x in T.items() if x.get("prefix_minus_plain")}
+    if diffs:
+        out["prefix"] = {"claim": "a text prefix before the image improves perception",
+                         "verdict": D.tally({t: D.signed(d["ci"]) for t, d in diffs.items()}),
+                         "because": D.because(diffs, "prefix minus plain")}
+    return out
+
+
+def verdict_paragraph(rec: dict) -> str:
+    """Chapter 5's closing verdicts in plain words (generated: a re-run on another model rewrites them)."""
+    from .. import directional as D
+
+    return D.paragraph("paper B", rec["model"], list(verdict_rows(rec).values()))
+
+
 def status_rows(rec: dict | None) -> list[str]:
     """Markdown table rows ``| claim | reported (source) | measured here | verdict | model |`` for paper B's claims.
 
@@ -181,9 +240,11 @@ def status_rows(rec: dict | None) -> list[str]:
     na = "not measured in this build"
     m = f"`{rec['model']}`" if rec else "—"
     rows = []
+    V = verdict_rows(rec)
 
-    def row(claim, reported, measured):
-        rows.append(f"| {claim} | {reported} | {measured if rec else na} | — | {m} |")  # no verdict rule for B yet
+    def row(claim, reported, measured, key=None):
+        v = V[key]["verdict"] if key in V else "—"
+        rows.append(f"| {claim} | {reported} | {measured if rec else na} | {v} | {m} |")
 
     got = (rec or {}).get("tasks", {})
     T = {t: got[t] for t in TASKS if t in got}  # the record's JSON has sorted keys: restore the chapter's order
@@ -196,23 +257,25 @@ def status_rows(rec: dict | None) -> list[str]:
     row("(B) Under causal attention the image tokens' keys and values do not depend on the text that follows",
         "stated (**confirmed**, the paper's rationale)",
         f"largest change of any image key / value when only the question after the image changes: "
-        f"{c.get('keys', float('nan')):.1e} / {c.get('values', float('nan')):.1e} ({c.get('n_images')} images)" if rec else na)
+        f"{c.get('keys', float('nan')):.1e} / {c.get('values', float('nan')):.1e} ({c.get('n_images')} images)" if rec else na,
+        "causality")
     row("(B) Image value tokens carry enough for zero-shot segmentation, semantic correspondence, temporal "
         "correspondence and referring-expression detection",
         "stated qualitatively (**confirmed**, abstract)",
         f"best values layer — few-shot segmentation mIoU {best('segmentation')}; correspondence PCK exact, flip "
         f"{best('correspondence (flip)')}, shift {best('correspondence (shift)')}; text-query AUROC "
-        f"{best('text query')}; temporal correspondence and referring expressions not measured" if rec else na)
+        f"{best('text query')}; temporal correspondence and referring expressions not measured" if rec else na,
+        "values_carry")
     parts = "; ".join(f"{t}: {_word(x.get('values_minus_projector'))}" for t, x in T.items())
     row("(B) The LM augments the visual information of the projected encoder output",
         "stated qualitatively (**confirmed**, abstract)",
-        f"best values layer minus the projector output: {parts}" if rec else na)
+        f"best values layer minus the projector output: {parts}" if rec else na, "augments")
     parts = "; ".join(f"{t}: {_word(x.get('values_minus_vision encoder'))}" for t, x in T.items()
                       if x.get("values_minus_vision encoder"))
     row("(B) ... yet holds less than a SigLIP encoder without MLM finetuning on several tasks",
         "stated qualitatively (**confirmed**, abstract)",
         f"best values layer minus this model's own vision encoder (frozen, never finetuned with the LM in the "
-        f"organisms' recipe; not SigLIP): {parts}" if rec else na)
+        f"organisms' recipe; not SigLIP): {parts}" if rec else na, "below_encoder")
     if rec:
         if rec["agnostic"]:
             found = "; ".join(f"layer {l}: tokens {', '.join(map(str, v))}" for l, v in rec["agnostic"])
@@ -225,11 +288,11 @@ def status_rows(rec: dict | None) -> list[str]:
         meas = what + (f"; {src}, values minus plain (mean over the layers blocking can change): {eff}" if src else "")
     row("(B) Input-agnostic image keys in later layers carry artifacts that reduce perception",
         "stated qualitatively (**confirmed**, abstract); found by low cross-image variance and removed by attention "
-        "blocking (**secondary**)", meas if rec else na)
+        "blocking (**secondary**)", meas if rec else na, "artifacts")
     eff = "; ".join(f"{t}: {_word(x.get('prefix_minus_plain'))}" for t, x in T.items() if x.get("prefix_minus_plain"))
     row("(B) A text prefix before the image improves perception", "stated qualitatively (**confirmed**, abstract)",
         (f"prefix {rec['prefix']!r}, values minus plain (mean over layers 2 and up): {eff}" if eff else "no prefix run")
-        if rec else na)
+        if rec else na, "prefix")
     row("(B) Perception information present in the LM does not reach the output",
         "in 33.3 % of BLINK Art Style questions (**confirmed**, abstract)",
         "not run: BLINK is not part of this build" if rec else na)
@@ -242,5 +305,5 @@ def status_rows(rec: dict | None) -> list[str]:
     return rows
 
 
-__all__ = ["RECORD_NAME", "agnostic_note", "block_text", "causality_table", "conditions_note", "findings_note",
+__all__ = ["CAUSAL_TOLERANCE", "RECORD_NAME", "agnostic_note", "verdict_paragraph", "verdict_rows", "block_text", "causality_table", "conditions_note", "findings_note",
            "model_facts", "record_payload", "status_rows", "summary_table"]

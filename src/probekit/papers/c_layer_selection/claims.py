@@ -121,6 +121,47 @@ def _num(x) -> str:
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x}"
 
 
+def verdict_rows(rec: dict | None) -> dict[str, dict]:
+    """Each measured claim of paper C -> {claim, verdict, because}, by the rule of :mod:`probekit.papers.directional`
+    (methods page); the LRS grouping by its own rule (three groups, each more alike within than to the others)."""
+    from .. import directional as D
+
+    if not rec:
+        return {}
+    out = {}
+    gt = {r["group"]: r for r in rec.get("group_table", [])}
+    groups = rec.get("groups", [])
+    tighter = [n for n, _, _ in groups if n in gt and gt[n]["mean LRS within"] is not None
+               and gt[n]["mean LRS to other groups"] is not None
+               and gt[n]["mean LRS within"] > gt[n]["mean LRS to other groups"]]
+    out["groups"] = {"claim": "LRS groups the vision layers into shallow, middle and deep",
+                     "verdict": D.REPRODUCED if len(groups) == 3 and len(tighter) == 3 else D.NOT_REPRODUCED,
+                     "because": f"{len(groups)} groups cut; {len(tighter)} of them more alike within than to the "
+                                "other groups (mean LRS)"}
+    T = rec.get("tasks", {})
+    for key, task, sign, claim in (("ocr", "reading", -1, "deep layers are essential for OCR (reading digits)"),
+                                   ("counting", "count", 1, "shallow and middle layers beat deep ones on counting"),
+                                   ("positioning", "position", 1, "shallow and middle layers beat deep ones on "
+                                                                  "positioning")):
+        d = (T.get(task) or {}).get("shallow_middle_minus_deep")
+        if d:
+            out[key] = {"claim": claim, "verdict": D.signed(d["ci"], sign),
+                        "because": D.because({task: d}, "best shallow/middle layer minus best deep layer")}
+    diffs = {t: x.get("fusion_minus_best") for t, x in T.items() if x.get("fusion_minus_best")}
+    if diffs:
+        out["fusion"] = {"claim": "a shallow+middle+deep fusion beats the single layers",
+                         "verdict": D.tally({t: D.signed(d["ci"]) for t, d in diffs.items()}),
+                         "because": D.because(diffs, "fusion minus the best single layer (picked on the same images)")}
+    return out
+
+
+def verdict_paragraph(rec: dict) -> str:
+    """Chapter 6's closing verdicts in plain words (generated: a re-run on another model rewrites them)."""
+    from .. import directional as D
+
+    return D.paragraph("paper C", rec["model"], list(verdict_rows(rec).values()))
+
+
 def status_rows(rec: dict | None) -> list[str]:
     """Markdown table rows ``| claim | reported (source) | measured here | verdict | model |`` for paper C's claims.
 
@@ -129,9 +170,10 @@ def status_rows(rec: dict | None) -> list[str]:
     na = "not measured in this build"
     m = f"`{rec['model']}`" if rec else "—"
     rows = []
+    VR = verdict_rows(rec)
 
-    def row(claim, reported, measured):
-        rows.append(f"| {claim} | {reported} | {measured} | — | {m} |")  # no verdict rule for C yet
+    def row(claim, reported, measured, key=None):
+        rows.append(f"| {claim} | {reported} | {measured} | {VR[key]['verdict'] if key in VR else '—'} | {m} |")
 
     if rec:
         V = rec["vision_layers"]
@@ -143,7 +185,7 @@ def status_rows(rec: dict | None) -> list[str]:
                        for n, _, _ in groups if n in gt)
         row("(C) LRS groups the vision encoder's layers into shallow, middle and deep",
             "stated qualitatively (**confirmed**, abstract)", f"groups cut from LRS (optimal contiguous segmentation): "
-            f"{gtxt} of {V} blocks; mean LRS {wb}")
+            f"{gtxt} of {V} blocks; mean LRS {wb}", "groups")
         ends = ", ".join(f"{b / V:.2f}" for _, _, b in groups)
         row("(C) Group boundaries (CLIP ViT-L/14-336, 24 layers)",
             "boundaries at layers 12, 20, 24 (**confirmed**, official figure caption); shallow 1–12, middle 13–20, "
@@ -154,7 +196,7 @@ def status_rows(rec: dict | None) -> list[str]:
             row("(C) Deep layers are essential for OCR", "stated qualitatively (**confirmed**, abstract)",
                 f"reading (held-out digits): best deep {_acc(r['deep'])} vs best shallow {_acc(r['shallow'])}, "
                 f"best middle {_acc(r['middle'])}; best shallow/middle vs best deep: "
-                f"{_sm_vs_deep(r)}")
+                f"{_sm_vs_deep(r)}", "ocr")
         for t, label in (("count", "counting"), ("position", "positioning")):
             x = T.get(t)
             if x:
@@ -162,7 +204,7 @@ def status_rows(rec: dict | None) -> list[str]:
                     "stated qualitatively (**confirmed**, abstract)",
                     f"{label}: best shallow/middle {_acc(x['shallow_or_middle'])} vs best deep {_acc(x['deep'])}: "
                     f"{_sm_vs_deep(x)}; the model's default layer {x['default']['layer']}: "
-                    f"{x['default']['accuracy']:.3f}")
+                    f"{x['default']['accuracy']:.3f}", {"count": "counting", "position": "positioning"}[t])
         tally = fusion_tally(T)
         detail = "; ".join(f"{t} {x['fusion']['accuracy']:.3f} vs {x['best']['accuracy']:.3f} (layer {x['best']['layer']})"
                            for t, x in T.items())
@@ -170,7 +212,7 @@ def status_rows(rec: dict | None) -> list[str]:
             "on 9 of 10 datasets (**confirmed**, abstract)",
             f"fusion of layers {'+'.join(map(str, rec['fusion_layers']))} vs the best single layer (picked on the "
             f"held-out images): above on {len(tally['above'])}, level on {len(tally['level'])}, below on "
-            f"{len(tally['below'])} of {len(T)} tasks ({detail}; linear probes, not trained MLLMs)")
+            f"{len(tally['below'])} of {len(T)} tasks ({detail}; linear probes, not trained MLLMs)", "fusion")
         row("(C) Middle layer beats the penultimate on CV-Bench", "layer 18 = 47.29 vs layer 23 = 44.26 (**secondary**)",
             "different benchmark and models: not comparable; see the counting/positioning rows")
         row("(C) Penultimate layer beats a middle layer on OCRBench", "233 vs 200 (**secondary**)",
@@ -207,4 +249,4 @@ def findings_note(vr: VisionRun, results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["RECORD_NAME", "findings_note", "fusion_tally", "record_payload", "status_rows", "task_findings"]
+__all__ = ["RECORD_NAME", "verdict_paragraph", "verdict_rows", "findings_note", "fusion_tally", "record_payload", "status_rows", "task_findings"]
