@@ -74,3 +74,28 @@ def test_premise_paragraph_holds_fails_or_is_uncertain_by_the_wilson_bounds():
     assert "premise **uncertain**" in claims.premise_paragraph(run, table(0.95, 40))  # low ~0.83, high ~0.99
     para = pd.DataFrame([{"variant": "para_look", "image shows": "a fashion item", "answered_correctly": 0.5, "n": 30}])
     assert "`para_look`" in claims.premise_paragraph(run, table(0.99, 1000), para)
+
+
+def test_parting_summary_and_gap_chart_say_what_the_bands_decide():
+    import pandas as pd
+
+    from probekit.papers.a_stages import charts, claims
+    from probekit.papers.a_stages.analysis import DecisionFormat
+    from probekit.papers.a_stages.stages import StageParams
+
+    t = pd.DataFrame({"layer": range(5), "within": [0.5, 0.9, 0.9, 0.95, 0.95], "transfer": [0.5, 0.88, 0.7, 0.6, 0.9],
+                      "gap": [0.0, 0.02, 0.2, 0.35, 0.05], "gap band low": [-0.05, -0.01, 0.12, 0.3, -0.02],
+                      "gap band high": [0.05, 0.05, 0.28, 0.4, 0.12],
+                      "shared (certain)": [False, True, False, False, False],
+                      "shared (possible)": [True, True, False, False, True],
+                      "formats part (certain)": [False, False, True, True, False],
+                      "formats part (possible)": [False, False, True, True, True]})
+    df = DecisionFormat(curves=pd.DataFrame(), parting_layer=2, table=t, params=StageParams(), n_images=300)
+    s = claims.parting_summary(df)
+    assert "certainly shared** across formats at layer(s) 1;" in s and "certainly part** at 2–3;" in s
+    assert "undecided at 0, 4" in s and "300 held-out images" in s
+    spec = charts.gap_chart(df, cap="Model: m").to_dict()
+    assert spec["usermeta"]["caption"] == "Model: m"
+    values = [r for d in spec["datasets"].values() for r in d if "status" in r]
+    assert [r["status"] for r in sorted(values, key=lambda r: r["layer"])][:5] == [
+        "undecided", "decision shared (certain)", "formats part (certain)", "formats part (certain)", "undecided"]

@@ -261,6 +261,31 @@ def transfer_chart(df: pd.DataFrame, *, cap: str, parting: int | None = None,
     return finish(chart, title, cap)
 
 
+PARTING_STATUS = {"decision shared (certain)": "#4c78a8", "formats part (certain)": "#d62728", "undecided": "#999999"}
+
+
+def gap_chart(df, *, cap: str, title: str = "Where the formats part: within-format minus transfer accuracy"):
+    """Chapter 3's per-layer table as a chart: the gap (within-format minus transfer accuracy) with its simultaneous
+    band, the ``drop`` threshold (dashed), each layer coloured by what the bands decide."""
+    t = df.table
+    status = ["decision shared (certain)" if sh else "formats part (certain)" if pa else "undecided"
+              for sh, pa in zip(t["shared (certain)"], t["formats part (certain)"])]
+    d = t.assign(status=status)[["layer", "within", "transfer", "gap", "gap band low", "gap band high", "status"]]
+    d = d.rename(columns={"gap band low": "lo", "gap band high": "hi"})
+    x = alt.X("layer:Q", title="layer (0 = embeddings)", scale=alt.Scale(nice=False), axis=alt.Axis(tickMinStep=1))
+    band = alt.Chart(d).mark_area(opacity=0.2, color="#888").encode(x=x, y=alt.Y("lo:Q", title="gap"), y2="hi:Q")
+    scale = alt.Scale(domain=list(PARTING_STATUS), range=list(PARTING_STATUS.values()))
+    pts = alt.Chart(d).mark_line(color="#555").encode(x=x, y="gap:Q") + alt.Chart(d).mark_point(filled=True, size=45).encode(
+        x=x, y="gap:Q", color=alt.Color("status:N", scale=scale, title="the bands decide",
+                                        legend=alt.Legend(orient="bottom")),
+        tooltip=["layer:Q", alt.Tooltip("within:Q", format=".3f"), alt.Tooltip("transfer:Q", format=".3f"),
+                 alt.Tooltip("gap:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f", title="band low"),
+                 alt.Tooltip("hi:Q", format=".3f", title="band high"), "status:N"])
+    thr = alt.Chart(pd.DataFrame({"threshold": [df.params.drop]})).mark_rule(strokeDash=[5, 3], color="#d62728") \
+        .encode(y="threshold:Q", tooltip=[alt.Tooltip("threshold:Q", title="drop threshold")])
+    return finish(alt.layer(band, pts, thr).properties(width=WIDTH, height=220), title, cap)
+
+
 def explorer_chart(table: pd.DataFrame, *, cap: str, layers: Sequence[int], families: Sequence[str],
                    classes: Sequence[str], layer: int, family: str,
                    title: str = "Explorer: per-class accuracy and confusion matrix"):

@@ -265,6 +265,16 @@ def premise_paragraph(run, table, paraphrases=None) -> str:
     return s
 
 
+def parting_summary(df) -> str:
+    """Chapter 3's per-layer decisions in one short list (the full table stays in ``df.table``)."""
+    t = df.table
+    undecided = t.layer[~t["shared (certain)"] & ~t["formats part (certain)"]]
+    return (f"Of {len(t)} layers ({df.n_images} held-out images): the decision is **certainly shared** across formats at "
+            f"layer(s) {layer_list(t.layer[t['shared (certain)']]) or 'none'}; the formats **certainly part** at "
+            f"{layer_list(t.layer[t['formats part (certain)']]) or 'none'}; undecided at {layer_list(undecided) or 'none'} "
+            f"(gap = within-format minus transfer accuracy; threshold drop = {df.params.drop:.2f}, simultaneous bands).")
+
+
 def parting_evidence(df) -> dict:
     """Chapter 3's claim (the decision is shared across answer formats, then the formats part) with its verdict."""
     t = df.table
