@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Activations are cached under --cache-dir, so a second build re-uses them.")
     b.add_argument("--root", help="book root with _config.yml, _toc.yml, notebooks/ (default: found from the cwd)")
     b.add_argument("--out", help="where the executed notebooks and _build/html go (default: <root>/book)")
-    b.add_argument("--model-id", help="model of chapters 01-03 (default: the notebooks' default, smol-llava)")
+    b.add_argument("--model-id", help="model of chapters 01-03 (default: the notebooks' default, smol-llava-ft)")
     b.add_argument("--model-ids", help="comma-separated models of chapter 04 (default: the notebook's list: the organisms, their seed replicates, smol-llava and smol-llava-ft)")
     b.add_argument("--n-per-class", type=_positive_int, help="images per class (default: the notebooks' default)")
     b.add_argument("--cache-dir", help="activation cache (default: <root>/.cache/probekit)")

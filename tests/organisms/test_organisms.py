@@ -210,7 +210,7 @@ def test_shipped_organism_naming(name):
 
 # Shipped before the held-out prompt discipline, awaiting their retraining (their cards list no training templates;
 # they were instruction-tuned on paper A's probe prompts): a strict xfail, so a retrained one must leave this list.
-PRE_DISCIPLINE = {"smol-llava"}
+PRE_DISCIPLINE: set[str] = set()  # empty since smol-llava was retrained (2026-12-02)
 ALL_SHIPPED = sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "README.md").is_file())
 
 

@@ -40,3 +40,16 @@ def test_recipe_confounds_are_the_differences_beyond_the_controlled_factor(monke
         "instruct_steps": (800, base["instruct_steps"])}
     shipped.pop("llava-organism")
     assert recipe_confounds("llava-organism-tokenizer", "llava-organism") == {}  # nothing recorded: nothing claimed
+
+
+def test_the_smol_pair_is_controlled_on_the_lm_and_says_its_schedules(monkeypatch):
+    from probekit.organisms.smol_llava import constants as K
+
+    t = controlled_pairs(["smol-llava", "smol-llava-ft"]).set_index("factor")
+    row = t.loc["LM fine-tuning"]
+    assert row.model == "smol-llava-ft" and row.reference == "smol-llava" and bool(row.controlled)
+    assert "stage 2 lr 0.001 vs 0.002" in row["differs in"] and "stage 2 steps 300 vs 420" in row["differs in"]
+    assert "everything else identical" in row["differs in"]
+    monkeypatch.setattr(K, "pair_differences", lambda: {"seed": (1, 0), "stage 2 lr": (0.001, 0.002)})
+    row = controlled_pairs(["smol-llava", "smol-llava-ft"]).set_index("factor").loc["LM fine-tuning"]
+    assert not row.controlled and "seed 1 vs 0" in row["differs in"] and "not a controlled pair" in row["differs in"]

@@ -51,8 +51,9 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "",
         "`LlavaForConditionalGeneration` (transformers) made of two real pretrained parts from PyPI wheels and a "
         "projector trained here" + (", with SmolLM2 fine-tuned through LoRA adapters in stage 2 (as LLaVA-1.5 "
-                                    "fine-tunes its LLM; the controlled partner of `smol-llava`, whose SmolLM2 is "
-                                    "frozen — everything else, stage 1 included, is the same recipe and seed)"
+                                    "fine-tunes its LLM; the partner of `smol-llava`, whose SmolLM2 is frozen: the same "
+                                    "stage 1, data, training bank and seed, with stage 2's learning rate and length set "
+                                    "for each — see Training)"
                                     if ft else " (SmolLM2 frozen throughout; `smol-llava-ft` is the same recipe with "
                                     "SmolLM2 fine-tuned)") + ". Only the trained weights are committed ("
         + ", ".join(f"`{f.name}`" for f in files) + f", {size / 2**20:.2f} MiB in all; sha256 "
@@ -180,7 +181,7 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "```",
         f"{PIP_WHEELS}",
         f"{PIP_READERS} onnxruntime",
-        f"probekit train-organism {name} --threads 1   # trains, then ships the weights here and builds the model",
+        f"probekit train-organism {name} --threads 1   # the settings above (the defaults); then ships and builds",
         f"python -c \"from probekit.organisms.smol_llava import build_smol_llava; print(build_smol_llava(name='{name}'))\"",
         "```",
         "",

@@ -68,3 +68,28 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def pair_differences() -> dict[str, tuple]:
+    """How the shipped smol-llava-ft's training differs from smol-llava's besides the LM (read from both
+    ``training.json``): ``{setting: (ft, frozen)}``; empty when either report is missing."""
+    import json
+
+    reports = []
+    for name in (FT_NAME, NAME):
+        f = shipped(name) / "training.json"
+        if not f.is_file():
+            return {}
+        reports.append(json.loads(f.read_text()))
+    ft, frozen = reports
+    if "align" not in frozen or "align" not in ft:  # a report of an older recipe: everything differs
+        return {"recipe": ("two LLaVA stages on the training bank", "an older recipe")}
+
+    def flat(r):
+        return {"seed": r["seed"], "batch": r["batch"], "digits fraction": r["digits_fraction"],
+                "stage 1 steps": r["align"]["steps"], "stage 1 lr": r["align"]["lr"], "stage 1 mix": r["align"]["mix"],
+                "stage 2 mix": r["instruct"]["mix"], "stage 2 lr": r["instruct"]["lr"],
+                "stage 2 steps": r["stages"]["instruct"]["steps"]}
+
+    a, b = flat(ft), flat(frozen)
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}

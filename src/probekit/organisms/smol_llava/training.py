@@ -63,10 +63,18 @@ def _dev_min(res: dict) -> float:
     return min(v for d in res.values() for v in d.values() if isinstance(v, float))
 
 
-def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps: int = 100,
-                     instruct_steps: int = 500, batch: int = 16, align_lr: float = 2e-3, instruct_lr: float = 1e-3,
-                     digits_fraction: float = 0.3, dev_every: int = 100, dev_per_class: int = 10,
-                     dev_stop: float = 0.97, test_per_class: int = 20, threads: int | None = None, log=print) -> dict:
+# The settings of the shipped runs (the defaults, so `probekit train-organism NAME` repeats them).
+SETTINGS = {
+    "frozen": {"align_steps": 80, "instruct_steps": 420, "instruct_lr": 2e-3},
+    "lora": {"align_steps": 80, "instruct_steps": 300, "instruct_lr": 1e-3},
+}
+
+
+def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps: int | None = None,
+                     instruct_steps: int | None = None, batch: int = 16, align_lr: float = 2e-3,
+                     instruct_lr: float | None = None, digits_fraction: float = 0.3, dev_every: int = 100,
+                     dev_per_class: int = 5, dev_stop: float = 0.97, test_per_class: int = 20,
+                     threads: int | None = None, log=print) -> dict:
     """LLaVA's two stages on this organism, on the question bank from which paper A's probe prompts are held
     out (:func:`probekit.organisms.tasks.probe_wordings`):
 
@@ -78,7 +86,8 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
     Every ``dev_every`` steps of stage 2 the probe prompts are scored on the dev half (``dev_per_class`` per
     class); training stops early once every prompt on both domains reaches ``dev_stop`` (the one training
     decision, taken on dev). Then the test half is scored once (``test_per_class`` per class) for the card.
-    Writes ``projector.safetensors`` (+ ``lm_lora.safetensors``) and ``training.json`` into ``out_dir``."""
+    Writes ``projector.safetensors`` (+ ``lm_lora.safetensors``) and ``training.json`` into ``out_dir``. Steps and
+    learning rates left ``None`` are those of the shipped run (:data:`SETTINGS`)."""
     import torch
     from safetensors.torch import save_file
 
@@ -90,6 +99,9 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
 
     if lm not in LM_MODES:
         raise ValueError(f"lm must be one of {sorted(LM_MODES)}, got {lm!r}")
+    align_steps = SETTINGS[lm]["align_steps"] if align_steps is None else align_steps
+    instruct_steps = SETTINGS[lm]["instruct_steps"] if instruct_steps is None else instruct_steps
+    instruct_lr = SETTINGS[lm]["instruct_lr"] if instruct_lr is None else instruct_lr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads:

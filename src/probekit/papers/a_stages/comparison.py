@@ -47,8 +47,20 @@ def controlled_pairs(model_ids) -> pd.DataFrame:
             rows.append({"factor": r.controlled_factor, "model": m, "reference": r.base, "controlled": not extra,
                          "differs in": differs})
     if "smol-llava-ft" in ids and "smol-llava" in ids:
-        rows.append({"factor": "LM fine-tuning", "model": "smol-llava-ft", "reference": "smol-llava", "controlled": True,
-                     "differs in": "SmolLM2 also trained in stage 2 (LoRA) instead of frozen; everything else identical"})
+        from ...organisms.smol_llava.constants import pair_differences
+
+        extra = pair_differences()
+        schedule = {k: v for k, v in extra.items() if k in ("stage 2 lr", "stage 2 steps")}
+        other = {k: v for k, v in extra.items() if k not in schedule}
+        differs = "SmolLM2 also trained in stage 2 (LoRA) instead of frozen"
+        if schedule:  # each stage 2 has its own schedule: part of the factor, said so
+            differs += (", with stage 2's schedule set for each (" + ", ".join(f"{k} {x} vs {y}" for k, (x, y) in
+                                                                               schedule.items()) + ")")
+        differs += "; " + ("everything else identical (stage 1, data, training bank, seed)" if not other else
+                           "also: " + ", ".join(f"{k} {x!r} vs {y!r}" for k, (x, y) in other.items())
+                           + ": not a controlled pair")
+        rows.append({"factor": "LM fine-tuning", "model": "smol-llava-ft", "reference": "smol-llava",
+                     "controlled": not other, "differs in": differs})
     if "qwen2vl-organism" in ids and "llava-organism" in ids:
         rows.append({"factor": "base LLM", "model": "qwen2vl-organism", "reference": "llava-organism",
                      "controlled": False, "differs in": "decoder (Qwen2, 6 blocks vs Llama, 8 blocks) and also the "
