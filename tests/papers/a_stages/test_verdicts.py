@@ -71,7 +71,7 @@ def test_premise_paragraph_holds_fails_or_is_uncertain_by_the_wilson_bounds():
     assert "premise **holds**" in claims.premise_paragraph(run, table(0.99, 1000))  # Wilson low ~0.982
     fails = claims.premise_paragraph(run, table(0.80, 1000))
     assert "premise **fails**" in fails and "`anchor` on a fashion item (80.0%" in fails
-    assert "premise **uncertain**" in claims.premise_paragraph(run, table(0.95, 40))  # low ~0.83, high ~0.99
+    assert "premise is **uncertain**" in claims.premise_paragraph(run, table(0.95, 40))  # low ~0.83, high ~0.99
     para = pd.DataFrame([{"variant": "para_look", "image shows": "a fashion item", "answered_correctly": 0.5, "n": 30}])
     assert "`para_look`" in claims.premise_paragraph(run, table(0.99, 1000), para)
 

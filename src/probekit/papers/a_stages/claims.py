@@ -253,7 +253,8 @@ def premise_paragraph(run, table, paraphrases=None) -> str:
         word = "uncertain"
     failing = [f"`{v}` on {d} ({a:.1%}, CI {lo:.3f}–{hi:.3f})" for v, d, a, _, lo, hi in rows if hi < PREMISE]
     s = (f"**Verdict on `{run.model_id}`** (rule: methods page). This chapter decides none of paper A's claims; it "
-         f"checks their premise — that the model solves the task its probes decode. The premise **{word}**: the lowest "
+         f"checks their premise — that the model solves the task its probes decode. The premise "
+         f"{'is ' if word == 'uncertain' else ''}**{word}**: the lowest "
          f"Wilson 95 % lower bound over the probe prompts and both domains is {low[4]:.3f} (`{low[0]}` on images "
          f"showing {low[1]}, {low[2]:.1%} of {low[3]}), against {PREMISE:.2f}.")
     if failing:
