@@ -99,3 +99,19 @@ def test_parting_summary_and_gap_chart_say_what_the_bands_decide():
     values = [r for d in spec["datasets"].values() for r in d if "status" in r]
     assert [r["status"] for r in sorted(values, key=lambda r: r["layer"])][:5] == [
         "undecided", "decision shared (certain)", "formats part (certain)", "formats part (certain)", "undecided"]
+
+
+def test_parting_evidence_writes_the_parting_layer_as_a_layer_number():
+    import pandas as pd
+
+    from probekit.papers.a_stages import claims
+    from probekit.papers.a_stages.analysis import DecisionFormat
+    from probekit.papers.a_stages.stages import StageParams
+
+    t = pd.DataFrame({"layer": [0, 1], "shared (certain)": [True, False], "shared (possible)": [True, False],
+                      "formats part (certain)": [False, True], "formats part (possible)": [False, True]})
+    share = pd.DataFrame({"parting layer": [1.0], "share": [1.0]})  # a float column, as pandas makes it
+    df = DecisionFormat(curves=pd.DataFrame(), parting_layer=1, table=t, params=StageParams(), parting_share=share,
+                        n_images=10)
+    ev = claims.parting_evidence(df)
+    assert ev["verdict"] == "reproduced" and "resampled images: 1, 100%" in ev["because"]

@@ -276,6 +276,14 @@ def parting_summary(df) -> str:
             f"(gap = within-format minus transfer accuracy; threshold drop = {df.params.drop:.2f}, simultaneous bands).")
 
 
+def _layer_name(x) -> str:
+    """A parting layer as written: 'none', or the layer number without a decimal point."""
+    try:
+        return str(int(x))
+    except (TypeError, ValueError):
+        return str(x)
+
+
 def parting_evidence(df) -> dict:
     """Chapter 3's claim (the decision is shared across answer formats, then the formats part) with its verdict."""
     t = df.table
@@ -286,7 +294,7 @@ def parting_evidence(df) -> dict:
     top = df.parting_share.sort_values("share").iloc[-1] if df.parting_share is not None and len(df.parting_share) else None
     because = (f"decision certainly shared at layer(s) {shared}, formats certainly part at {parted}"
                + (f"; parting layer {df.parting_layer}" if df.parting_layer is not None else "; no parting layer")
-               + (f" (the most frequent over resampled images: {top['parting layer']}, {top.share:.0%})"
+               + (f" (the most frequent over resampled images: {_layer_name(top['parting layer'])}, {top.share:.0%})"
                   if top is not None else "") + f"; {df.n_images} held-out images")
     return {"verdict": verdict, "because": because}
 
