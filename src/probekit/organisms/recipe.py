@@ -105,7 +105,7 @@ class Chat:
         return self.answer_ids(answer)[0]
 
 
-def _pil(pools, domain: str, i: int) -> Image.Image:
+def pil_image(pools, domain: str, i: int) -> Image.Image:
     return Image.fromarray(pools[domain].images[i]).convert("RGB")
 
 
@@ -218,13 +218,13 @@ def cached_phase_vision(model, processor, recipe: Recipe, pools, rng, log, cache
 
 def phase_vision(model, processor, recipe: Recipe, pools, rng, log) -> dict:
     params = _trainable(model, ("vision",))
-    width = vision_features(model, dict(processor.image_processor(images=[_pil(pools, "fashion", 0)], return_tensors="pt"))).shape[-1]
+    width = vision_features(model, dict(processor.image_processor(images=[pil_image(pools, "fashion", 0)], return_tensors="pt"))).shape[-1]
     head = torch.nn.Linear(width, 20)
     params = params + list(head.parameters())
 
     def loss_fn(_):
         batch = sample_batch(rng, pools, recipe.vision_batch, mix={"naming": 1.0}, digits_fraction=recipe.digits_fraction)
-        pils = [_pil(pools, d, i) for d, i, _, _ in batch]
+        pils = [pil_image(pools, d, i) for d, i, _, _ in batch]
         y = torch.tensor([int(pools[d].labels[i]) + (10 if d == "digits" else 0) for d, i, _, _ in batch])
         inputs = dict(processor.image_processor(images=pils, return_tensors="pt"))
         return torch.nn.functional.cross_entropy(head(vision_features(model, inputs)), y)
@@ -255,7 +255,7 @@ def _phase_mm(name, model, chat, recipe, pools, rng, log, roles, steps, batch, l
 
     def loss_fn(_):
         ex = sample_batch(rng, pools, batch, mix=mix, digits_fraction=recipe.digits_fraction)
-        inputs = encode(chat, [_pil(pools, d, i) for d, i, _, _ in ex], [q for *_, q, _ in ex], [a for *_, a in ex])
+        inputs = encode(chat, [pil_image(pools, d, i) for d, i, _, _ in ex], [q for *_, q, _ in ex], [a for *_, a in ex])
         return model(**inputs).loss
 
     return optimize(name, params, steps, lr, loss_fn, log)

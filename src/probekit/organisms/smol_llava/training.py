@@ -92,9 +92,7 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
     from safetensors.torch import save_file
 
     from .. import recipe as recipe_mod
-    from PIL import Image
-
-    from ..recipe import Chat, encode
+    from ..recipe import Chat, encode, pil_image
     from ..tasks import image_pools
 
     if lm not in LM_MODES:
@@ -121,13 +119,10 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
         p.requires_grad_(True)
     model.train()
 
-    def _pil(pools, domain, i):
-        return Image.fromarray(pools[domain].images[i]).convert("RGB")
-
     def loss_for(mix):
         def loss_fn(_):
             ex = _stage_examples(rng, pools, batch, mix, digits_fraction)
-            return _answer_loss(model, encode(chat, [_pil(pools, d, i) for d, i, _, _ in ex],
+            return _answer_loss(model, encode(chat, [pil_image(pools, d, i) for d, i, _, _ in ex],
                                               [q for *_, q, _ in ex], [a for *_, a in ex]))
         return loss_fn
 
