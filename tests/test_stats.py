@@ -1,6 +1,7 @@
 """The statistics: paired bootstrap differences and simultaneous bands hold their coverage."""
 
 import numpy as np
+import pytest
 
 from probekit.stats import paired_mean_differences, resolvable_difference, simultaneous_band
 
@@ -39,3 +40,37 @@ def test_band_of_a_constant_column_has_zero_width():
 
 def test_resolvable_difference_shrinks_with_n():
     assert resolvable_difference(300) < resolvable_difference(60) and 0.10 < resolvable_difference(300) < 0.13
+
+
+def test_the_curve_difference_interval_is_not_pushed_above_the_estimate_by_the_absolute_value():
+    """Two models with the same true curve, answering alike on most images: D = mean |a - b| is biased upwards by
+    resampling, so the percentile interval starts at the estimate (chapter 4 once printed D = 0.011, CI
+    0.012-0.031); the pivotal interval reaches well below it. With a real difference of 0.1 it covers 0.1."""
+    from probekit.papers.a_stages.comparison import curve_difference
+    from probekit.stats import bootstrap_indices
+
+    rng = np.random.default_rng(0)
+    a = (rng.random((300, 31)) < 0.5).astype(float)
+    b = np.where(rng.random((300, 31)) < 0.1, 1 - a, a)  # same true curve, 10 % of answers flipped
+    est, lo, hi = curve_difference(a, b, n_boot=1000)
+    grid, x = np.linspace(0, 1, 21), np.linspace(0, 1, 31)
+    d = lambda i: np.mean(np.abs(np.interp(grid, x, a[i].mean(0)) - np.interp(grid, x, b[i].mean(0))))  # noqa: E731
+    pct_lo = np.quantile([d(i) for i in bootstrap_indices(300, 1000, 3)], 0.025)
+    assert est == pytest.approx(d(np.arange(300)))
+    assert pct_lo >= est - 1e-9  # the percentile interval holds nothing below its estimate
+    assert 0 <= lo < est / 2 and hi == pytest.approx(est, abs=0.002)
+
+    shifted = np.where((rng.random((300, 31)) < 0.2) & (a == 1), 0.0, a)  # 0.5 -> 0.4: a true D of 0.1
+    est, lo, hi = curve_difference(a, shifted, n_boot=1000)
+    assert lo < 0.1 < hi and lo > 0.05
+
+
+def test_pivotal_interval_is_seeded_and_narrows_with_n():
+    from probekit.stats import pivotal_interval
+
+    x = np.random.default_rng(0).random(2000)
+    small = pivotal_interval(100, lambda i: x[:100][i].mean(), seed=4)
+    assert small == pivotal_interval(100, lambda i: x[:100][i].mean(), seed=4)
+    big = pivotal_interval(2000, lambda i: x[i].mean(), seed=4)
+    assert big[1] - big[0] < (small[1] - small[0]) / 3
+    assert big[0] < x.mean() < big[1]
