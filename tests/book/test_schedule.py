@@ -52,3 +52,80 @@ def test_a_failure_is_raised_and_nothing_starts_after_it():
 
 def test_a_subset_without_chapter_one_does_not_wait_for_it():
     assert run_chapters([CHAPTERS[1], CHAPTERS[5]], lambda n, t: None, jobs=2) == [CHAPTERS[1], CHAPTERS[5]]
+
+
+def test_chapter_four_waits_for_its_stores_step_which_runs_beside_chapter_one():
+    from probekit.book.build import STORES
+
+    log, lock, beside = [], threading.Lock(), threading.Event()
+
+    def execute(name, threads):
+        with lock:
+            log.append(("start", name))
+        if name == STORES:
+            beside.set()
+        if name == CHAPTERS[0]:
+            assert beside.wait(30), "the stores step did not start while chapter 1 ran"
+        with lock:
+            log.append(("end", name))
+
+    steps = [CHAPTERS[0], STORES, *CHAPTERS[1:]]
+    order = run_chapters(steps, execute, jobs=2)
+    assert order[:2] == [CHAPTERS[0], STORES]
+    start_04 = log.index(("start", CHAPTERS[3]))
+    assert start_04 > log.index(("end", STORES)) and start_04 > log.index(("end", CHAPTERS[0]))
+
+
+@pytest.mark.parametrize("model_id", [None, "some/other-model"])
+def test_the_book_extracts_chapter_four_stores_but_chapter_one_s_model(monkeypatch, tmp_path, model_id):
+    import probekit.book.build as build
+
+    calls = []
+    monkeypatch.setattr(build, "execute_chapter", lambda name, root, out, params, **kw: calls.append((name, params)))
+    monkeypatch.setattr(build, "extract_stores", lambda root, params, skip, **kw: calls.append(("stores", params, skip)))
+    monkeypatch.setattr(build, "write_status_page", lambda out: None)
+    monkeypatch.setattr(build, "write_organisms_page", lambda out: None)
+    build.build_book(out_dir=tmp_path, html=False, model_id=model_id, model_ids="a,b", cache_dir=tmp_path / "c",
+                     log=lambda *a: None)
+    (stores,) = [c for c in calls if c[0] == "stores"]
+    assert stores[2] == [model_id or "smol-llava-ft"]  # chapter 1's model: its store comes from chapter 1
+    assert stores[1] == dict(calls[[c[0] for c in calls].index(CHAPTERS[3])][1])  # chapter 4's own parameters
+    assert stores[1]["model_ids"] == ["a", "b"] and stores[1]["cache_dir"] == str((tmp_path / "c").resolve())
+    assert {c[0] for c in calls} == {*CHAPTERS, "stores"}
+
+
+def test_the_stores_step_reads_chapter_four_defaults_under_the_overrides():
+    from probekit.book.build import find_root
+    from probekit.book.prefetch import comparison_arguments, notebook_defaults
+
+    root = find_root()
+    nb = notebook_defaults(root / "notebooks" / f"{CHAPTERS[3]}.ipynb")
+    args = comparison_arguments(root, {"n_per_class": 7, "drop": 0.2, "model_ids": "x,y"})
+    assert args["n_per_class"] == 7 and args["model_ids"] == "x,y"
+    assert "drop" not in args and "n_boot" not in args  # analysis parameters: not the stores' business
+    assert args["dtype"] == nb["dtype"] and args["contrast_dataset"] == nb["contrast_dataset"]
+    assert set(args) == {"model_ids", "dataset", "data_root", "contrast_dataset", "n_per_class", "variants", "device",
+                         "dtype", "cache_dir", "seed"}
+
+
+def test_the_stores_step_writes_the_stores_chapter_four_then_reads_without_a_model(tiny_dirs, tmp_path):
+    from probekit.book.build import extract_stores, find_root
+    from probekit.book.prefetch import comparison_arguments
+    from probekit.papers.a_stages.chapter import book_runs
+
+    root = find_root()
+    params = {"model_ids": [str(tiny_dirs["llava"]), str(tiny_dirs["qwen2_vl"])], "n_per_class": 1,
+              "cache_dir": str(tmp_path / "cache")}
+    extract_stores(root, params, skip=[str(tiny_dirs["qwen2_vl"])], log=lambda *a: None)
+    runs = book_runs(**comparison_arguments(root, params))
+    assert runs[str(tiny_dirs["llava"])].lm is None  # found complete: no model loaded, nothing extracted
+    assert runs[str(tiny_dirs["qwen2_vl"])].lm is not None  # skipped by the step, so extracted here
+
+
+def test_a_failing_stores_step_names_itself(tmp_path):
+    from probekit.book.build import extract_stores, find_root
+    from probekit.errors import ProbekitError
+
+    with pytest.raises(ProbekitError, match="chapter 4's stores ahead of it failed"):
+        extract_stores(find_root(), {"model_ids": [str(tmp_path / "no-such-model")], "n_per_class": 1,
+                                     "cache_dir": str(tmp_path / "c")}, skip=[], log=lambda *a: None)

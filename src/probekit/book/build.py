@@ -15,6 +15,7 @@ libraries are vendored in ``book/_static/vega`` and loaded by every page, so cha
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +31,9 @@ SINGLE_MODEL_CHAPTERS = CHAPTERS[:3]
 COMPARISON_CHAPTER = CHAPTERS[3]
 # Chapter 1 extracts the one activation store chapters 2-4 read (chapter 4 also extracts its other models); chapters
 # 5 and 6 extract their own. A chapter starts only after the chapters it reads from.
-AFTER = {CHAPTERS[1]: (CHAPTERS[0],), CHAPTERS[2]: (CHAPTERS[0],), CHAPTERS[3]: (CHAPTERS[0],)}
+# Chapter 4's other stores are extracted by a step of their own (:mod:`.prefetch`) beside chapter 1.
+STORES = "04-stores"
+AFTER = {CHAPTERS[1]: (CHAPTERS[0],), CHAPTERS[2]: (CHAPTERS[0],), CHAPTERS[3]: (CHAPTERS[0], STORES)}
 HIDE_TAG = "hide-input"
 VEGA_FILES = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 
@@ -110,6 +113,19 @@ def build_html(root: Path, out_dir: Path, *, log: Callable = print) -> Path:
     return html
 
 
+def extract_stores(root: Path, parameters: Mapping, skip: Sequence[str], *, log: Callable = print) -> None:
+    """The :data:`STORES` step: chapter 4's stores of every model but ``skip`` (:func:`.prefetch.prefetch`), in a
+    process of its own (it inherits the build's thread settings, as a kernel does)."""
+    spec = json.dumps({"root": str(root), "parameters": dict(parameters), "skip": list(skip)})
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "probekit.book.prefetch", spec], cwd=root, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.splitlines()[-15:])
+        raise ProbekitError(f"extracting chapter 4's stores ahead of it failed (exit {proc.returncode}):\n{tail}")
+    log(f"[book] {STORES}: chapter 4's stores extracted in {time.perf_counter() - t:.0f} s")
+
+
 def run_chapters(names: Sequence[str], execute: Callable[[str, int | None], object], *, jobs: int) -> list[str]:
     """Run ``execute(name, threads)`` for every chapter of ``names``, ``jobs`` at a time, each after the chapters of
     :data:`AFTER` that are also in ``names``, in ``names`` order otherwise; ``threads`` is 1 when ``jobs > 1`` (two
@@ -135,6 +151,12 @@ def run_chapters(names: Sequence[str], execute: Callable[[str, int | None], obje
                     raise f.exception()
                 done.add(name)
     return started
+
+
+def _default_model(root: Path) -> str:
+    from .prefetch import notebook_defaults
+
+    return str(notebook_defaults(root / "notebooks" / f"{CHAPTERS[0]}.ipynb")["model_id"])
 
 
 def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = None, model_id: str | None = None,
@@ -180,9 +202,18 @@ def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = N
         saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         if jobs > 1:  # every kernel inherits one thread: two kernels on two cores, no OpenMP oversubscription
             os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        steps = list(names)
+        if COMPARISON_CHAPTER in names:  # chapter 4's other stores, extracted beside chapter 1
+            steps.insert(1 if names[0] == CHAPTERS[0] else 0, STORES)
+        skip = [params[CHAPTERS[0]].get("model_id") or _default_model(root)] if CHAPTERS[0] in names else []
+
+        def step(name, threads):
+            if name == STORES:
+                return extract_stores(root, params[COMPARISON_CHAPTER], skip, log=log)
+            return execute_chapter(name, root, out, params[name], kernel_name=kernel_name, log=log, threads=threads)
+
         try:
-            run_chapters(names, lambda name, threads: execute_chapter(
-                name, root, out, params[name], kernel_name=kernel_name, log=log, threads=threads), jobs=jobs)
+            run_chapters(steps, step, jobs=jobs)
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -196,5 +227,5 @@ def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = N
     return result
 
 
-__all__ = ["AFTER", "CHAPTERS", "build_book", "build_html", "execute_chapter", "find_root", "prepare_for_book",
-           "run_chapters"]
+__all__ = ["AFTER", "CHAPTERS", "STORES", "build_book", "build_html", "execute_chapter", "extract_stores", "find_root",
+           "prepare_for_book", "run_chapters"]

@@ -149,6 +149,22 @@ def run(model_id: str, dataset: str = "fashion-mnist", data_root: str | None = N
     return Run(model_id=str(model_id), data=data, variants=vs, store=store, seed=seed, n_per_class=n_per_class, lm=lm)
 
 
+def book_runs(model_ids, *, dataset: str = "fashion-mnist", data_root: str | None = None,
+              contrast_dataset: str = "digits", n_per_class: int | None = 100, variants="paper-a", device: str = "cpu",
+              dtype: str = "float32", cache_dir=DEFAULT_CACHE, seed: int = 0) -> dict[str, Run]:
+    """Chapters 1-4's runs of several models on one two-domain dataset and the book's prompts
+    (:func:`probekit.prompts.book_prompts`): what chapter 4 calls, and what ``probekit book`` calls ahead of it to
+    extract chapter 4's stores while chapter 1 runs (the same call, so the same stores)."""
+    from ...book.context import model_list
+    from ...data import two_domain_dataset
+    from ...prompts import book_prompts
+
+    data = two_domain_dataset(dataset, data_root, n_per_class, seed, contrast=contrast_dataset)
+    prompts = book_prompts(data.concept, data.negation, variants)
+    return {m: run(m, data=data, variants=prompts, n_per_class=n_per_class, device=device, dtype=dtype,
+                   cache_dir=cache_dir, seed=seed) for m in model_list(model_ids)}
+
+
 def sample_grid(data: ImageDataset, per_class: int = 4, seed: int = 0) -> pd.DataFrame:
     """A few images per class as rows (class, index, PIL image) for display."""
     rng = np.random.default_rng(seed)
