@@ -210,7 +210,9 @@ def behaviour_note(run, table, paraphrases=None) -> str:
     probe = table
     para = paraphrases if paraphrases is not None else table.iloc[:0]
     worst = probe.sort_values("answered_correctly").iloc[0]
-    lines = [f"On the {run.n_images} images ({', '.join(sorted(set(table['image shows'])))}), the model prefers the "
+    dtype = run.store.key["model"].get("dtype", "?")
+    lines = [f"On the {run.n_images} images ({', '.join(sorted(set(table['image shows'])))}), the model (run in {dtype}; "
+             "an organism card's figures are float32, see the methods page on precision) prefers the "
              f"correct answer under every probe prompt on at least **{worst.answered_correctly:.1%}** of the images of "
              f"either domain (lowest: `{worst.variant}` on images showing {worst['image shows']})."]
     low = probe[probe.answered_correctly < 0.95]
