@@ -26,15 +26,16 @@ def answer_summary(store: ActivationStore) -> pd.DataFrame:
 
 
 def probe(run, *, test_size: float = 0.3, C: float = 1.0, n_boot: int = 2000, variants=None,
-          concept_only: bool = False) -> pd.DataFrame:
+          concept_only: bool = False, control: bool = True) -> pd.DataFrame:
     """Paper A's frozen-probe protocol on the run's store (see :func:`probekit.probes.probe_store`).
     ``concept_only``: the images of the concept's domain only (labels below ``run.data.domain_split``), as paper A
-    probes the classes of its concept; ``variants``: score only these."""
+    probes the classes of its concept; ``variants``: score only these; ``control``: also fit the shuffled-label
+    control probe (the slower of the two fits)."""
     items = None
     if concept_only and hasattr(run.data, "domain_split"):
         items = np.flatnonzero(run.store.labels < run.data.domain_split)
     return probe_store(run.store, test_size=test_size, seed=run.seed, C=C, n_boot=n_boot, variants=variants,
-                       items=items)
+                       items=items, control=control)
 
 
 def best_layers(results: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """Chapter 4: models side by side, by absolute layer and normalized depth, with controlled pairs judged against the
 noise floor of organisms that differ only in their training seed.
 
-For every model: paper A's probes, the interval segmentation (:mod:`.intervals`) and the per-family drops. For two
+For every model: paper A's probes as chapter 2 fits them (on the concept's classes; the shuffled-label control, which
+chapter 2 shows, is not fitted here), the interval segmentation (:mod:`.intervals`) and the per-family drops. For two
 models on the same held-out images: the curve difference ``D`` = the mean, over a grid of normalized depth, of the
 absolute difference of their anchor accuracy, with a paired bootstrap interval (one resample of images serves both
 models; the pivotal interval, as resampling biases a mean absolute difference upwards). The **noise floor** is the largest ``D`` between the seed replicates among the models
@@ -111,7 +112,7 @@ def compare(runs: dict, *, params: StageParams | None = None, n_boot: int = 1000
     params = params or StageParams(**thresholds)
     curves, stages, drops, segs, results, blocks = [], [], [], {}, {}, {}
     for name, r in runs.items():
-        res = probe(r, n_boot=n_boot)
+        res = probe(r, n_boot=n_boot, concept_only=True, control=False)  # chapter 2's probes; its control not shown
         results[name] = res
         L = r.store.n_layers
         blocks[name] = L - 1
