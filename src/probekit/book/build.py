@@ -170,8 +170,9 @@ def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = N
     notebooks' defaults (the embedded default model; ``<root>/.cache/probekit``); ``parameters`` adds any
     other notebook parameter (e.g. ``{"drop": 0.15}``). ``chapters`` picks a subset by name. ``jobs``: chapters
     executed at once (default: 2 on a machine with 2 or more cores, else 1), each kernel with one torch thread when
-    more than one runs, a chapter starting only after the chapters whose activations it reads (:data:`AFTER`).
-    Returns the HTML directory (or ``out_dir`` when ``html=False``).
+    more than one runs, a chapter starting only after the chapters whose activations it reads (:data:`AFTER`);
+    with chapter 4 in the build, its other models' stores are extracted by a step of their own (:data:`STORES`,
+    :func:`extract_stores`) beside chapter 1 (chapter 1's model is left to chapter 1). Returns the HTML directory (or ``out_dir`` when ``html=False``).
     """
     root = find_root(root) if root is None else Path(root).resolve()
     out = Path(out_dir).resolve() if out_dir else root / "book"
