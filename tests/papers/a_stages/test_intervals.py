@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probekit.papers.a_stages.intervals import drop_table, segment_intervals, stage_bootstrap, threshold_sweep
+from probekit.papers.a_stages.intervals import (drop_table, segment_intervals, stage_bootstrap, sweep_summary,
+                                               threshold_sweep)
 
 L = 8
 VARIANTS = {"anchor": "anchor", "picture": "lexical", "feature": "lexical", "negation": "semantic_negation",
@@ -76,6 +77,9 @@ def test_the_threshold_sweep_shrinks_stages_as_the_drop_threshold_rises():
     sw = threshold_sweep(fake_results(600, {"lexical": lex}), drops=(0.02, 0.3), infos=(0.1,), n_boot=300)
     certain = sw[sw.stage == "lexical integration"].set_index("drop")["layers certain"]
     assert certain[0.02] > certain[0.3] >= 1
+    table = sweep_summary(sw)  # layers as layer numbers ("2–3", "3"), never floats ("2.0–3.0"), absent stages "—"
+    cells = [c for c in table.drop(columns=["drop", "info"]).to_numpy().ravel() if c != "—"]
+    assert cells and all(p.isdigit() for c in cells for p in str(c).split("–")), cells
 
 
 def test_results_without_per_image_correctness_are_one_clear_error():

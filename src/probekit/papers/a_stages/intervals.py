@@ -237,8 +237,8 @@ def sweep_summary(sweep: pd.DataFrame) -> pd.DataFrame:
     for (d, i), g in sweep.groupby(["drop", "info"], sort=True):
         row = {"drop": d, "info": i}
         for r in g.itertuples():
-            row[r.stage] = "—" if pd.isna(r.first_layer) else (
-                f"{r.first_layer}" if r.first_layer == r.last_layer else f"{r.first_layer}–{r.last_layer}")
+            first, last = (None if pd.isna(x) else int(x) for x in (r.first_layer, r.last_layer))  # NaN made them float
+            row[r.stage] = "—" if first is None else (f"{first}" if first == last else f"{first}–{last}")
         rows.append(row)
     return pd.DataFrame(rows)
 
