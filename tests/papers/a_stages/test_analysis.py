@@ -53,3 +53,25 @@ def test_the_smol_pair_is_controlled_on_the_lm_and_says_its_schedules(monkeypatc
     monkeypatch.setattr(K, "pair_differences", lambda: {"seed": (1, 0), "stage 2 lr": (0.001, 0.002)})
     row = controlled_pairs(["smol-llava", "smol-llava-ft"]).set_index("factor").loc["LM fine-tuning"]
     assert not row.controlled and "seed 1 vs 0" in row["differs in"] and "not a controlled pair" in row["differs in"]
+
+
+def test_chapter_four_tables_write_layers_as_numbers_and_one_interval_column():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from probekit.papers.a_stages.comparison import Comparison, pair_table, stage_boundaries_wide
+
+    seg = SimpleNamespace(ranges=lambda: {"visual grounding": None, "lexical integration": (1, 1),
+                                          "semantic reasoning": None, "answer decoding": (2, 30)})
+    pairs = pd.DataFrame([{"factor": "tokenizer", "model": "a", "reference": "b", "controlled": True, "D": 0.04,
+                           "D low": 0.011, "D high": 0.064, "noise floor": 0.039, "same stage sequence": False,
+                           "verdict": "inconclusive"}])
+    comp = Comparison(curves=None, stages=None, segmentations={"a": seg}, pairs=pairs, drops=None, noise=None,
+                      blocks={"a": 30})
+    wide = stage_boundaries_wide(comp)
+    assert wide.loc["a", "lexical integration"] == "1 (0.03)" and wide.loc["a", "answer decoding"] == "2–30 (0.07–1.00)"
+    assert wide.loc["a", "visual grounding"] == "—"
+    row = pair_table(comp).loc["tokenizer"]
+    assert row["D (95 % interval)"] == "0.040 (0.011–0.064)" and row["models"] == "a vs b"
+    assert (row["controlled"], row["same stages"], row["verdict"]) == ("yes", "no", "inconclusive")

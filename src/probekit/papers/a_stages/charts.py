@@ -179,11 +179,11 @@ def stage_map_chart(bands: pd.DataFrame, *, cap: str, normalized: bool = True, t
         x=alt.X(f"{s}:Q", title="normalized depth (layer / L)" if normalized else "layer",
                 scale=alt.Scale(nice=False)), x2=f"{e}:Q",
         y=alt.Y("model:N", title=None),
-        color=alt.Color("stage:N", scale=stage_scale, title="stage"),
+        color=alt.Color("stage:N", scale=stage_scale, title="stage", legend=alt.Legend(orient="bottom", columns=3)),
         opacity=alt.condition(sel, alt.value(1.0), alt.value(0.2)),
         tooltip=["model:N", "stage:N", alt.Tooltip("first_layer:Q", title="first layer"),
                  alt.Tooltip("last_layer:Q", title="last layer")],
-    ).add_params(sel).properties(width=width)
+    ).add_params(sel).properties(width=width - 140)  # the model names take the rest of the column
     return finish(chart, title, cap)
 
 

@@ -169,25 +169,38 @@ def _starts(seg, blocks: int) -> str:
     return ", ".join(f"{s.split()[0]} {r[s][0] / max(blocks, 1):.2f}" for s in STAGES if r[s]) or "no stages"
 
 
+def _layers_text(r, L: int) -> str:
+    """``"3–7 (0.38–0.88)"``: a stage's layers and their normalized depths (one layer: ``"1 (0.03)"``)."""
+    if r is None:
+        return "—"
+    if r[0] == r[1]:
+        return f"{r[0]} ({r[0] / L:.2f})"
+    return f"{r[0]}–{r[1]} ({r[0] / L:.2f}–{r[1] / L:.2f})"
+
+
 def stage_boundaries_wide(comp: Comparison) -> pd.DataFrame:
     """Stage ranges per model (layers, and normalized depth in brackets)."""
     rows = []
     for m, seg in comp.segmentations.items():
         L = comp.blocks[m]
-        row = {"model": m, "blocks": L}
-        for s, r in seg.ranges().items():
-            row[s] = "—" if r is None else f"{r[0]}–{r[1]} ({r[0] / L:.2f}–{r[1] / L:.2f})"
-        rows.append(row)
-    return pd.DataFrame(rows)
+        rows.append({"model": m, "blocks": L, **{s: _layers_text(r, L) for s, r in seg.ranges().items()}})
+    return pd.DataFrame(rows).set_index("model")
 
 
 def pair_table(comp: Comparison) -> pd.DataFrame:
-    """For each pair: factor, models, controlled, the curve difference with its interval, the noise floor, whether
-    the stage sequences agree, and the verdict."""
-    cols = ["factor", "model", "reference", "controlled", "D", "D low", "D high", "noise floor", "same stage sequence",
-            "verdict"]
-    return comp.pairs[cols].round({"D": 3, "D low": 3, "D high": 3, "noise floor": 3}) if len(comp.pairs) else \
-        pd.DataFrame(columns=cols)
+    """For each pair, narrow enough for the page column: factor, the two models, whether the pair is controlled,
+    the curve difference with its interval, the noise floor, whether the stage sequences agree, and the verdict."""
+    cols = ["factor", "models", "controlled", "D (95 % interval)", "noise floor", "same stages", "verdict"]
+    if not len(comp.pairs):
+        return pd.DataFrame(columns=cols).set_index("factor")
+    p = comp.pairs
+    floor = p["noise floor"].map(lambda f: "—" if f is None or pd.isna(f) else f"{f:.3f}")
+    out = pd.DataFrame({
+        "factor": p.factor, "models": p.model + " vs " + p.reference, "controlled": p.controlled.map({True: "yes", False: "no"}),
+        "D (95 % interval)": [f"{d:.3f} ({lo:.3f}–{hi:.3f})" for d, lo, hi in zip(p.D, p["D low"], p["D high"])],
+        "noise floor": floor, "same stages": p["same stage sequence"].map({True: "yes", False: "no"}),
+        "verdict": p.verdict})
+    return out.set_index("factor")
 
 
 __all__ = ["Comparison", "compare", "controlled_pairs", "curve_difference", "pair_table", "stage_boundaries_wide"]
