@@ -129,3 +129,17 @@ def test_a_failing_stores_step_names_itself(tmp_path):
     with pytest.raises(ProbekitError, match="chapter 4's stores ahead of it failed"):
         extract_stores(find_root(), {"model_ids": [str(tmp_path / "no-such-model")], "n_per_class": 1,
                                      "cache_dir": str(tmp_path / "c")}, skip=[], log=lambda *a: None)
+
+
+def test_the_default_cache_reaches_the_chapters_as_a_path_relative_to_the_book_root(monkeypatch, tmp_path):
+    """Kernels run in the book root, so a relative cache_dir works there, and no rendered page (the injected
+    parameters cell, chapter 5's and 6's store rows) shows this machine's absolute paths."""
+    import probekit.book.build as build
+
+    seen = {}
+    monkeypatch.setattr(build, "execute_chapter", lambda name, root, out, params, **kw: seen.setdefault(name, params))
+    monkeypatch.setattr(build, "extract_stores", lambda root, params, skip, **kw: seen.setdefault("stores", params))
+    monkeypatch.setattr(build, "write_status_page", lambda out: None)
+    monkeypatch.setattr(build, "write_organisms_page", lambda out: None)
+    build.build_book(out_dir=tmp_path, html=False, log=lambda *a: None)
+    assert {p["cache_dir"] for p in seen.values()} == {".cache/probekit"}

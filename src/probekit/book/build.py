@@ -178,7 +178,9 @@ def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = N
     out = Path(out_dir).resolve() if out_dir else root / "book"
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir).resolve() if cache_dir else root / ".cache" / "probekit"
-    common = {"cache_dir": str(cache), **(parameters or {})}
+    # relative to the root when inside it (kernels run there), so no page shows this machine's paths
+    common = {"cache_dir": str(cache.relative_to(root)) if cache.is_relative_to(root) else str(cache),
+              **(parameters or {})}
     if n_per_class is not None:
         common["n_per_class"] = int(n_per_class)
     names = list(chapters or CHAPTERS)
