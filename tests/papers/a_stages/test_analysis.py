@@ -75,3 +75,11 @@ def test_chapter_four_tables_write_layers_as_numbers_and_one_interval_column():
     row = pair_table(comp).loc["tokenizer"]
     assert row["D (95 % interval)"] == "0.040 (0.011–0.064)" and row["models"] == "a vs b"
     assert (row["controlled"], row["same stages"], row["verdict"]) == ("yes", "no", "inconclusive")
+
+
+def test_status_rows_write_a_one_layer_stage_as_one_layer_and_one_depth():
+    from probekit.papers.a_stages.claims import depth_range, layer_range
+
+    assert (layer_range((1, 1)), depth_range((1, 1), 30)) == ("1", " (depth 0.03)")
+    assert (layer_range((2, 30)), depth_range((2, 30), 30)) == ("2–30", " (depth 0.07–1.00)")
+    assert (layer_range(None), depth_range(None, 30)) == ("—", "")

@@ -19,7 +19,9 @@ def layer_range(r) -> str:
 
 def depth_range(r, blocks) -> str:
     """The same range as normalized depth (layer / blocks), in brackets."""
-    return "" if not r or not blocks else f" (depth {r[0] / blocks:.2f}–{r[1] / blocks:.2f})"
+    if not r or not blocks:
+        return ""
+    return f" (depth {r[0] / blocks:.2f})" if r[0] == r[1] else f" (depth {r[0] / blocks:.2f}–{r[1] / blocks:.2f})"
 
 
 def intro_lines(records: Mapping) -> list[str]:
