@@ -1,5 +1,7 @@
 """Chapter helpers that need no model: which organisms form paper A's controlled pairs."""
 
+import pytest
+
 import probekit.organisms as O
 from probekit.organisms import ORGANISMS, recipe_confounds
 from probekit.papers.a_stages.comparison import controlled_pairs
@@ -83,3 +85,15 @@ def test_status_rows_write_a_one_layer_stage_as_one_layer_and_one_depth():
     assert (layer_range((1, 1)), depth_range((1, 1), 30)) == ("1", " (depth 0.03)")
     assert (layer_range((2, 30)), depth_range((2, 30), 30)) == ("2–30", " (depth 0.07–1.00)")
     assert (layer_range(None), depth_range(None, 30)) == ("—", "")
+
+
+def test_the_resolution_note_states_n_and_a_difference_that_shrinks_with_n():
+    import re
+
+    from probekit.papers.a_stages.claims import resolution_note
+
+    small, big = resolution_note(100, 0.8), resolution_note(400, 0.8)
+    d = [float(re.search(r"at least \*\*([0-9.]+)\*\*", t).group(1)) for t in (small, big)]
+    assert "n = 100 held-out images" in small and d[1] == pytest.approx(d[0] / 2, rel=0.01)
+    bound = float(re.search(r"at least \*\*([0-9.]+)\*\*", resolution_note(100)).group(1))
+    assert bound > d[0]  # at 0.5 the bound is widest

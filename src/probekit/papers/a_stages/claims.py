@@ -174,6 +174,18 @@ def power_note(results, seg) -> str:
             f"about {seg.params.drop + half:.2f} upwards, and a layer whose band straddles the threshold stays undecided.")
 
 
+def resolution_note(n: int, p: float | None = None, *, what: str = "two accuracies") -> str:
+    """Held-out n and the smallest difference it resolves (:func:`probekit.stats.resolvable_difference`) near
+    accuracy ``p``; without ``p`` at 0.5, where it is largest (so "at most")."""
+    from ...stats import resolvable_difference
+
+    at = 0.5 if p is None else min(max(float(p), 0.05), 0.95)
+    d = resolvable_difference(int(n), at)
+    near = "anywhere (the bound at 0.50, where it is widest)" if p is None else f"near {at:.2f}"
+    return (f"Scored on **n = {int(n)} held-out images**: {what} {near} are told apart (two-sided 5 %, power 80 %) "
+            f"when they differ by at least **{d:.3f}**.")
+
+
 def stage_record(run, results, seg, evidence: list[dict]) -> dict:
     """What chapter 2 measured: the interval segmentation's stage ranges, the verdicts, the largest lexical drop,
     the anchor's peak, held-out n."""
