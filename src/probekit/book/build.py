@@ -172,7 +172,8 @@ def build_book(root: str | Path | None = None, *, out_dir: str | Path | None = N
     executed at once (default: 2 on a machine with 2 or more cores, else 1), each kernel with one torch thread when
     more than one runs, a chapter starting only after the chapters whose activations it reads (:data:`AFTER`);
     with chapter 4 in the build, its other models' stores are extracted by a step of their own (:data:`STORES`,
-    :func:`extract_stores`) beside chapter 1 (chapter 1's model is left to chapter 1). Returns the HTML directory (or ``out_dir`` when ``html=False``).
+    :func:`extract_stores`) beside chapter 1 (chapter 1's model is left to chapter 1). Returns the HTML directory
+    (or ``out_dir`` when ``html=False``).
     """
     root = find_root(root) if root is None else Path(root).resolve()
     out = Path(out_dir).resolve() if out_dir else root / "book"

@@ -5,8 +5,8 @@ For every model: paper A's probes as chapter 2 fits them (on the concept's class
 chapter 2 shows, is not fitted here), the interval segmentation (:mod:`.intervals`) and the per-family drops. For two
 models on the same held-out images: the curve difference ``D`` = the mean, over a grid of normalized depth, of the
 absolute difference of their anchor accuracy, with a paired bootstrap interval (one resample of images serves both
-models; the pivotal interval, as resampling biases a mean absolute difference upwards). The **noise floor** is the largest ``D`` between the seed replicates among the models
-(``probekit.organisms.SEED_REPLICATES``); a factor is called an effect only above it (:func:`.verdicts.stability`).
+models; the pivotal interval, as resampling biases a mean absolute difference upwards). The **noise floor** is the
+largest ``D`` between the seed replicates among the models (``probekit.organisms.SEED_REPLICATES``); a factor is called an effect only above it (:func:`.verdicts.stability`).
 """
 
 from __future__ import annotations
@@ -196,7 +196,8 @@ def pair_table(comp: Comparison) -> pd.DataFrame:
     p = comp.pairs
     floor = p["noise floor"].map(lambda f: "—" if f is None or pd.isna(f) else f"{f:.3f}")
     out = pd.DataFrame({
-        "factor": p.factor, "models": p.model + " vs " + p.reference, "controlled": p.controlled.map({True: "yes", False: "no"}),
+        "factor": p.factor, "models": p.model + " vs " + p.reference,
+        "controlled": p.controlled.map({True: "yes", False: "no"}),
         "D (95 % interval)": [f"{d:.3f} ({lo:.3f}–{hi:.3f})" for d, lo, hi in zip(p.D, p["D low"], p["D high"])],
         "noise floor": floor, "same stages": p["same stage sequence"].map({True: "yes", False: "no"}),
         "verdict": p.verdict})
