@@ -6,7 +6,8 @@ chapter 2 shows, is not fitted here), the interval segmentation (:mod:`.interval
 models on the same held-out images: the curve difference ``D`` = the mean, over a grid of normalized depth, of the
 absolute difference of their anchor accuracy, with a paired bootstrap interval (one resample of images serves both
 models; the pivotal interval, as resampling biases a mean absolute difference upwards). The **noise floor** is the
-largest ``D`` between the seed replicates among the models (``probekit.organisms.SEED_REPLICATES``); a factor is called an effect only above it (:func:`.verdicts.stability`).
+largest ``D`` between the seed replicates among the models (``probekit.organisms.SEED_REPLICATES``); a factor is
+called an effect only above it (:func:`.verdicts.stability`).
 """
 
 from __future__ import annotations
