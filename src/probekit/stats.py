@@ -1,4 +1,5 @@
-"""The statistics every chapter uses: percentile-bootstrap intervals over images, paired differences.
+"""The statistics every chapter uses: percentile-bootstrap intervals over images, paired differences, and a pivotal
+interval for statistics resampling biases.
 
 Resampling is always over **images** (rows), never over prompts: a difference between two prompts, layers or
 probes measured on the same images is resampled as one paired difference per image.
@@ -108,5 +109,5 @@ def resolvable_difference(n: int, p: float = 0.5, *, alpha: float = 0.05, power:
     return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * se)
 
 
-__all__ = ["bootstrap_ci", "bootstrap_indices", "paired_difference", "paired_mean_differences",
+__all__ = ["bootstrap_ci", "bootstrap_indices", "paired_difference", "paired_mean_differences", "pivotal_interval",
            "resolvable_difference", "simultaneous_band"]
