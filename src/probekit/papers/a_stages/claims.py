@@ -7,21 +7,14 @@ import json
 from collections.abc import Mapping
 
 from . import verdicts as V
-from .stages import STAGES
+from .stages import STAGES, depth_text, layer_range
 
 NA = "not measured in this build"
 
 
-def layer_range(r) -> str:
-    """A stage's ``(first, last)`` layers as text ("3", "3–7", or "—" for no layers)."""
-    return "—" if not r else (f"{r[0]}" if r[0] == r[1] else f"{r[0]}–{r[1]}")
-
-
 def depth_range(r, blocks) -> str:
     """The same range as normalized depth (layer / blocks), in brackets."""
-    if not r or not blocks:
-        return ""
-    return f" (depth {r[0] / blocks:.2f})" if r[0] == r[1] else f" (depth {r[0] / blocks:.2f}–{r[1] / blocks:.2f})"
+    return "" if not r or not blocks else f" (depth {depth_text(r, blocks)})"
 
 
 def intro_lines(records: Mapping) -> list[str]:

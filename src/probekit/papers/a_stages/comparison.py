@@ -21,7 +21,7 @@ from ...stats import pivotal_interval
 from . import verdicts as V
 from .analysis import probe
 from .intervals import segment_intervals
-from .stages import STAGES, StageParams, normalized_depth
+from .stages import STAGES, StageParams, depth_text, layer_range, normalized_depth
 
 GRID = np.linspace(0, 1, 21)
 
@@ -170,21 +170,13 @@ def _starts(seg, blocks: int) -> str:
     return ", ".join(f"{s.split()[0]} {r[s][0] / max(blocks, 1):.2f}" for s in STAGES if r[s]) or "no stages"
 
 
-def _layers_text(r, L: int) -> str:
-    """``"3–7 (0.38–0.88)"``: a stage's layers and their normalized depths (one layer: ``"1 (0.03)"``)."""
-    if r is None:
-        return "—"
-    if r[0] == r[1]:
-        return f"{r[0]} ({r[0] / L:.2f})"
-    return f"{r[0]}–{r[1]} ({r[0] / L:.2f}–{r[1] / L:.2f})"
-
-
 def stage_boundaries_wide(comp: Comparison) -> pd.DataFrame:
     """Stage ranges per model (layers, and normalized depth in brackets)."""
     rows = []
     for m, seg in comp.segmentations.items():
         L = comp.blocks[m]
-        rows.append({"model": m, "blocks": L, **{s: _layers_text(r, L) for s, r in seg.ranges().items()}})
+        rows.append({"model": m, "blocks": L, **{s: "—" if r is None else f"{layer_range(r)} ({depth_text(r, L)})"
+                                               for s, r in seg.ranges().items()}})
     return pd.DataFrame(rows).set_index("model")
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ...stats import bootstrap_indices, simultaneous_band
-from .stages import FAMILY_OF_STAGE, PRE_STAGE, STAGES, StageParams, ordered_segments, segment
+from .stages import FAMILY_OF_STAGE, PRE_STAGE, STAGES, StageParams, layer_range, ordered_segments, segment
 
 FAMILIES = ("lexical", "semantic_negation", "output_format")
 
@@ -237,8 +237,7 @@ def sweep_summary(sweep: pd.DataFrame) -> pd.DataFrame:
     for (d, i), g in sweep.groupby(["drop", "info"], sort=True):
         row = {"drop": d, "info": i}
         for r in g.itertuples():
-            first, last = (None if pd.isna(x) else int(x) for x in (r.first_layer, r.last_layer))  # NaN made them float
-            row[r.stage] = "—" if first is None else (f"{first}" if first == last else f"{first}–{last}")
+            row[r.stage] = "—" if pd.isna(r.first_layer) else layer_range((r.first_layer, r.last_layer))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -229,5 +229,20 @@ def normalized_depth(layer, n_layers: int) -> np.ndarray:
     return np.asarray(layer, float) / L
 
 
-__all__ = ["DEFAULT_DROP", "DEFAULT_INFO", "PRE_STAGE", "STAGES", "Segmentation", "StageParams", "normalized_depth",
-           "segment", "segment_results", "signatures"]
+def layer_range(r) -> str:
+    """A stage's ``(first, last)`` layers as text: ``"3"``, ``"3–7"``, or ``"—"`` for no layers (whole numbers even
+    when they arrive as floats from a column with missing values)."""
+    if not r:
+        return "—"
+    first, last = int(r[0]), int(r[1])
+    return f"{first}" if first == last else f"{first}–{last}"
+
+
+def depth_text(r, blocks: int) -> str:
+    """The same range as normalized depth (layer / ``blocks``): ``"0.03"`` or ``"0.07–1.00"``."""
+    a, b = r[0] / blocks, r[1] / blocks
+    return f"{a:.2f}" if r[0] == r[1] else f"{a:.2f}–{b:.2f}"
+
+
+__all__ = ["DEFAULT_DROP", "DEFAULT_INFO", "PRE_STAGE", "STAGES", "Segmentation", "StageParams", "depth_text",
+           "layer_range", "normalized_depth", "segment", "segment_results", "signatures"]
