@@ -331,6 +331,43 @@ def test_shipped_runs_used_the_defaults_so_the_cli_repeats_them(lm, name):
     assert report["align"]["steps"] == want["align_steps"]
     assert report["instruct"]["planned_steps"] == want["instruct_steps"]
     assert report["instruct"]["lr"] == want["instruct_lr"]
-    assert report["dev_per_class"] == 5 and report["test_per_class"] == 20
+    assert report["digits_fraction"] == want["digits_fraction"] and report["dev_every"] == want["dev_every"]
+    assert report["autocast"] == T.AUTOCAST
+    assert report["dev_per_class"] == 10 and report["test_per_class"] == 20
     for entry in report["files"].values():  # the committed weights are the run's
         assert C_sha(K.shipped(name) / entry["file"]) == entry["sha256"]
+
+
+def test_the_pair_differs_in_the_lm_alone():
+    """smol-llava and smol-llava-ft are chapter 4's controlled pair: their default settings are the same."""
+    assert T.SETTINGS["frozen"] == T.SETTINGS["lora"]
+
+
+def test_kept_weights_are_those_of_the_best_check_the_last_of_equal_ones():
+    """Stage 2 keeps the weights of its best dev check: a later, worse check must not replace them, an equal one
+    does, and restoring puts exactly those values back."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    kept = T.KeptWeights([p])
+    assert kept.restore() is None and torch.equal(p.data, torch.zeros(3))
+    with torch.no_grad():
+        p.fill_(1.0)
+    assert kept.offer(50, 0.5)
+    with torch.no_grad():
+        p.fill_(2.0)
+    assert not kept.offer(100, 0.3)
+    with torch.no_grad():
+        p.fill_(3.0)
+    assert kept.offer(150, 0.5)  # equal to the best: the later weights are kept
+    with torch.no_grad():
+        p.fill_(4.0)
+    assert kept.restore() == 150 and kept.score == 0.5
+    assert torch.equal(p.data, torch.full((3,), 3.0))
+    with torch.no_grad():
+        p.fill_(5.0)  # the kept copy is a copy, not a view of the parameter
+    assert kept.restore() == 150 and torch.equal(p.data, torch.full((3,), 3.0))
+
+
+def test_autocast_must_be_bfloat16_or_none(tmp_path):
+    with pytest.raises(ValueError, match="autocast"):
+        T.train_smol_llava(tmp_path / "run", autocast="float16")
+    assert not (tmp_path / "run").exists()

@@ -47,10 +47,14 @@ def test_recipe_confounds_are_the_differences_beyond_the_controlled_factor(monke
 def test_the_smol_pair_is_controlled_on_the_lm_and_says_its_schedules(monkeypatch):
     from probekit.organisms.smol_llava import constants as K
 
-    t = controlled_pairs(["smol-llava", "smol-llava-ft"]).set_index("factor")
-    row = t.loc["LM fine-tuning"]
+    shipped = controlled_pairs(["smol-llava", "smol-llava-ft"]).set_index("factor").loc["LM fine-tuning"]
+    assert bool(shipped.controlled), shipped["differs in"]  # the shipped pair: one recipe, the LM aside
+    monkeypatch.setattr(K, "pair_differences", lambda: {"stage 2 lr": (0.001, 0.002), "stage 2 steps": (300, 420),
+                                                        "stage 2 kept step": (300, 400)})
+    row = controlled_pairs(["smol-llava", "smol-llava-ft"]).set_index("factor").loc["LM fine-tuning"]
     assert row.model == "smol-llava-ft" and row.reference == "smol-llava" and bool(row.controlled)
     assert "stage 2 lr 0.001 vs 0.002" in row["differs in"] and "stage 2 steps 300 vs 420" in row["differs in"]
+    assert "stage 2 kept step 300 vs 400" in row["differs in"]
     assert "everything else identical" in row["differs in"]
     monkeypatch.setattr(K, "pair_differences", lambda: {"seed": (1, 0), "stage 2 lr": (0.001, 0.002)})
     row = controlled_pairs(["smol-llava", "smol-llava-ft"]).set_index("factor").loc["LM fine-tuning"]

@@ -149,10 +149,14 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "concepts and about classes, and naming; "
         f"planned {inst['planned_steps']} steps x batch {report['batch']}, AdamW lr {inst['lr']}; ran "
         f"{report['stages']['instruct']['steps']} ({report['stages']['instruct']['stopped']['reason']}).",
-        f"- the training decision, on **dev**: every {report['dev_every']} steps of stage 2 the probe prompts were "
+        f"- the training decisions, on **dev**: every {report['dev_every']} steps of stage 2 the probe prompts were "
         f"scored on the dev half ({report['dev_per_class']} images per class and domain); training stops once every "
-        f"prompt reaches {report['dev_stop']:.0%} on both domains. Dev minimum over prompts at each check: "
+        f"prompt reaches {report['dev_stop']:.0%} on both domains" + _kept_text(report) + ". Dev minimum over "
+        "prompts at each check: "
         + (", ".join(f"step {h['step']} {_pct(h['min'])}" for h in report["dev_history"]) or "no check ran") + ".",
+        f"- precision: " + ("forward passes under `torch.autocast` in bfloat16 on the CPU (weights, optimiser state "
+                            "and every dev/test check in float32)" if report.get("autocast") == "bfloat16"
+                            else "float32 throughout") + ".",
         "- loss on the answer tokens (+ `<|im_end|>`) only, as in LLaVA.",
         f"- time (measured): {report['train_seconds']:.0f} s = {report['train_seconds'] / 60:.1f} min wall including "
         f"{report['setup_seconds']:.0f} s of assembly and the dev checks, {report['torch_threads']} torch thread, "
@@ -191,6 +195,14 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         L.insert(L.index("## Reproduce") + 2, f"A build from the wheels took {build_seconds:.0f} s here.\n")
     path.write_text("\n".join(L) + "\n")
     return path
+
+
+def _kept_text(report: dict) -> str:
+    kept = report["stages"]["instruct"].get("kept")
+    if not kept:
+        return ""
+    return (f"; the weights kept are those of the check with the highest dev minimum over prompts (the last of "
+            f"equal ones): step {kept['step']}, dev minimum {_pct(kept['dev_min'])}")
 
 
 def _goal_line(held: dict) -> str:

@@ -89,7 +89,9 @@ def pair_differences() -> dict[str, tuple]:
         return {"seed": r["seed"], "batch": r["batch"], "digits fraction": r["digits_fraction"],
                 "stage 1 steps": r["align"]["steps"], "stage 1 lr": r["align"]["lr"], "stage 1 mix": r["align"]["mix"],
                 "stage 2 mix": r["instruct"]["mix"], "stage 2 lr": r["instruct"]["lr"],
-                "stage 2 steps": r["stages"]["instruct"]["steps"]}
+                "stage 2 steps": r["stages"]["instruct"]["steps"],
+                "stage 2 kept step": (r["stages"]["instruct"].get("kept") or {}).get("step"),
+                "precision": r.get("autocast") or "float32"}
 
     a, b = flat(ft), flat(frozen)
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}

@@ -63,18 +63,46 @@ def _dev_min(res: dict) -> float:
     return min(v for d in res.values() for v in d.values() if isinstance(v, float))
 
 
-# The settings of the shipped runs (the defaults, so `probekit train-organism NAME` repeats them).
+class KeptWeights:
+    """The weights of the best check so far: :meth:`offer` a check's score after ``step`` steps (a copy is taken
+    when it is at least the best so far, so the last of equal scores wins), :meth:`restore` copies them back."""
+
+    def __init__(self, params):
+        self.params, self.score, self.step, self._state = list(params), float("-inf"), None, None
+
+    def offer(self, step: int, score: float) -> bool:
+        if score < self.score:
+            return False
+        self.score, self.step = score, step
+        self._state = [p.detach().clone() for p in self.params]
+        return True
+
+    def restore(self) -> int | None:
+        """Put the kept weights back into the parameters; the step they are from (``None``: nothing was offered)."""
+        import torch
+
+        if self._state is not None:
+            with torch.no_grad():
+                for p, v in zip(self.params, self._state):
+                    p.copy_(v)
+        return self.step
+
+
+# The settings of the shipped runs (the defaults, so `probekit train-organism NAME` repeats them). The pair differs
+# in the LM alone: both ran the same stages, steps, learning rates, mix and seed.
 SETTINGS = {
-    "frozen": {"align_steps": 80, "instruct_steps": 420, "instruct_lr": 2e-3},
-    "lora": {"align_steps": 80, "instruct_steps": 300, "instruct_lr": 1e-3},
+    "frozen": {"align_steps": 80, "instruct_steps": 600, "instruct_lr": 1e-3, "digits_fraction": 0.5, "dev_every": 50},
+    "lora": {"align_steps": 80, "instruct_steps": 600, "instruct_lr": 1e-3, "digits_fraction": 0.5, "dev_every": 50},
 }
+AUTOCAST = "bfloat16"  # forward passes of training under torch.autocast (CPU); weights, optimiser and checks in float32
 
 
 def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps: int | None = None,
                      instruct_steps: int | None = None, batch: int = 16, align_lr: float = 2e-3,
-                     instruct_lr: float | None = None, digits_fraction: float = 0.3, dev_every: int = 100,
-                     dev_per_class: int = 5, dev_stop: float = 0.97, test_per_class: int = 20,
-                     threads: int | None = None, log=print) -> dict:
+                     instruct_lr: float | None = None, digits_fraction: float | None = None,
+                     dev_every: int | None = None, dev_per_class: int = 10, dev_stop: float = 0.97,
+                     test_per_class: int = 20, autocast: str | None = AUTOCAST, threads: int | None = None,
+                     log=print) -> dict:
     """LLaVA's two stages on this organism, on the question bank from which paper A's probe prompts are held
     out (:func:`probekit.organisms.tasks.probe_wordings`):
 
@@ -83,9 +111,12 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
        projector trained and SmolLM2 either frozen (``lm='frozen'``: ``smol-llava``) or fine-tuned through LoRA
        adapters (``lm='lora'``: ``smol-llava-ft``; :data:`LORA`, via peft), as LLaVA-1.5 fine-tunes its LLM.
 
-    Every ``dev_every`` steps of stage 2 the probe prompts are scored on the dev half (``dev_per_class`` per
-    class); training stops early once every prompt on both domains reaches ``dev_stop`` (the one training
-    decision, taken on dev). Then the test half is scored once (``test_per_class`` per class) for the card.
+    Every ``dev_every`` steps of stage 2 (and after its last step) the probe prompts are scored on the dev half
+    (``dev_per_class`` per class). The training decisions, all taken on dev: training stops early once every prompt
+    on both domains reaches ``dev_stop``; otherwise the weights of the check with the highest dev minimum over
+    prompts are kept (the last of equal ones). Then the test half is scored once (``test_per_class`` per class) for
+    the card. Forward passes run under ``torch.autocast`` in ``autocast`` (``None``: float32); every check is in
+    float32.
     Writes ``projector.safetensors`` (+ ``lm_lora.safetensors``) and ``training.json`` into ``out_dir``. Steps and
     learning rates left ``None`` are those of the shipped run (:data:`SETTINGS`)."""
     import torch
@@ -100,6 +131,10 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
     align_steps = SETTINGS[lm]["align_steps"] if align_steps is None else align_steps
     instruct_steps = SETTINGS[lm]["instruct_steps"] if instruct_steps is None else instruct_steps
     instruct_lr = SETTINGS[lm]["instruct_lr"] if instruct_lr is None else instruct_lr
+    digits_fraction = SETTINGS[lm]["digits_fraction"] if digits_fraction is None else digits_fraction
+    dev_every = SETTINGS[lm]["dev_every"] if dev_every is None else dev_every
+    if autocast not in (None, "bfloat16"):
+        raise ValueError(f"autocast must be 'bfloat16' or None (float32), got {autocast!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads:
@@ -122,8 +157,10 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
     def loss_for(mix):
         def loss_fn(_):
             ex = _stage_examples(rng, pools, batch, mix, digits_fraction)
-            return _answer_loss(model, encode(chat, [pil_image(pools, d, i) for d, i, _, _ in ex],
-                                              [q for *_, q, _ in ex], [a for *_, a in ex]))
+            inputs = encode(chat, [pil_image(pools, d, i) for d, i, _, _ in ex], [q for *_, q, _ in ex],
+                            [a for *_, a in ex])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast is not None):
+                return _answer_loss(model, inputs)
         return loss_fn
 
     stages = {"align": recipe_mod.optimize("align", projector, align_steps, align_lr, loss_for(STAGE1_MIX), log, every=10)}
@@ -140,31 +177,42 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
         log(f"[instruct] LoRA r={LORA['r']} on SmolLM2's projections: {sum(p.numel() for p in adapters):,} parameters")
     dev_history = []
     stop = {"reason": "max steps"}
+    kept = KeptWeights(params)
 
     base = loss_for(STAGE2_MIX)
 
     class _EarlyStop(Exception):
         pass
 
+    def check(s):
+        model.eval()
+        with torch.no_grad():
+            res = dev_check(model, processor, per_class=dev_per_class, log=log)
+        model.train()
+        dev_history.append({"step": s, "min": _dev_min(res), "dev": res})
+        kept.offer(s, _dev_min(res))
+        if _dev_min(res) >= dev_stop:
+            stop.update(reason=f"every probe prompt >= {dev_stop} on dev", step=s)
+            raise _EarlyStop
+
     def loss_fn(s):
         if s and dev_every and s % dev_every == 0:
-            model.eval()
-            with torch.no_grad():
-                res = dev_check(model, processor, per_class=dev_per_class, log=log)
-            model.train()
-            dev_history.append({"step": s, "min": _dev_min(res), "dev": res})
-            if _dev_min(res) >= dev_stop:
-                stop.update(reason=f"every probe prompt >= {dev_stop} on dev", step=s)
-                raise _EarlyStop
+            check(s)
         return base(s)
 
     t_inst = time.perf_counter()
     try:
         stages["instruct"] = recipe_mod.optimize("instruct", params, instruct_steps, instruct_lr, loss_fn, log, every=10)
+        if dev_every:
+            check(instruct_steps)
     except _EarlyStop:
         stages["instruct"] = {"steps": stop["step"], "planned_steps": instruct_steps,
                               "seconds": round(time.perf_counter() - t_inst, 1), "lr": instruct_lr}
     stages["instruct"]["stopped"] = stop
+    if kept.restore() is not None:  # the weights of the best dev check (the stopping one, if it stopped)
+        stages["instruct"]["kept"] = {"step": kept.step, "dev_min": kept.score,
+                                      "rule": "the check with the highest dev minimum over probe prompts"}
+        log(f"[instruct] kept the weights of step {kept.step} (dev minimum {kept.score:.3f})")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -184,7 +232,7 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
         "align": {"steps": align_steps, "lr": align_lr, "mix": STAGE1_MIX},
         "instruct": {"planned_steps": instruct_steps, "lr": instruct_lr, "mix": STAGE2_MIX,
                      "lora": LORA if lm == "lora" else None},
-        "stages": stages, "dev_every": dev_every, "dev_per_class": dev_per_class, "dev_stop": dev_stop,
+        "stages": stages, "autocast": autocast, "dev_every": dev_every, "dev_per_class": dev_per_class, "dev_stop": dev_stop,
         "dev_history": dev_history, "setup_seconds": round(setup, 1),
         "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(time.process_time() - c0, 1),
         "torch_threads": torch.get_num_threads(),

@@ -52,10 +52,10 @@ def controlled_pairs(model_ids) -> pd.DataFrame:
         from ...organisms.smol_llava.constants import pair_differences
 
         extra = pair_differences()
-        schedule = {k: v for k, v in extra.items() if k in ("stage 2 lr", "stage 2 steps")}
+        schedule = {k: v for k, v in extra.items() if k in ("stage 2 lr", "stage 2 steps", "stage 2 kept step")}
         other = {k: v for k, v in extra.items() if k not in schedule}
         differs = "SmolLM2 also trained in stage 2 (LoRA) instead of frozen"
-        if schedule:  # each stage 2 has its own schedule: part of the factor, said so
+        if schedule:  # each stage 2 has its own schedule (set, or stopped and kept on dev): part of the factor, said so
             differs += (", with stage 2's schedule set for each (" + ", ".join(f"{k} {x} vs {y}" for k, (x, y) in
                                                                                schedule.items()) + ")")
         differs += "; " + ("everything else identical (stage 1, data, training bank, seed)" if not other else
