@@ -371,3 +371,16 @@ def test_autocast_must_be_bfloat16_or_none(tmp_path):
     with pytest.raises(ValueError, match="autocast"):
         T.train_smol_llava(tmp_path / "run", autocast="float16")
     assert not (tmp_path / "run").exists()
+
+
+def test_goal_line_names_the_lowest_prompt_of_either_domain():
+    from probekit.organisms.card import lowest_answer
+    from probekit.organisms.smol_llava.card import _goal_line
+
+    held = {"fashion-mnist/test": {"n": 200, "anchor": 0.99, "negation": 0.97, "naming": 0.1, "paraphrases": {}},
+            "digits/test": {"n": 200, "anchor": 0.96, "negation": 0.94, "naming": 0.0}}
+    assert lowest_answer(held) == (0.94, "negation", "digits/test")  # naming is not an answer prompt
+    line = _goal_line(held)
+    assert "NOT met" in line and "negation" in line and "digits/test" in line
+    held["digits/test"]["negation"] = 0.95
+    assert "— met" in _goal_line(held) and "fashion" not in _goal_line(held).split("lowest:")[1]

@@ -115,13 +115,11 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
     ]
     lines += _metrics_table(metrics)
     fm = metrics.get("fashion-mnist/test", {})
-    answers = {k: m[k] for m in metrics.values() for k in answer_keys(m)}
-    worst_by = {k: min(m[k] for m in metrics.values()) for k in answers}
-    if worst_by:
-        worst = min(worst_by, key=worst_by.get)
-        met = "met" if worst_by[worst] >= 0.95 else "NOT met"
+    lowest = lowest_answer(metrics)
+    if lowest is not None:
+        met = "met" if lowest[0] >= ANSWER_GOAL else "NOT met"
         lines += ["", f"Targets on the test half: answers >= 95 % on every probe prompt, both domains — {met} (lowest: "
-                  f"{worst} {_fmt_acc(worst_by[worst])}); naming >= 80 % on Fashion-MNIST — "
+                  f"{lowest[1]} {_fmt_acc(lowest[0])}); naming >= 80 % on Fashion-MNIST — "
                   f"{'met' if fm.get('naming', 0) >= 0.8 else 'NOT met'} ({_fmt_acc(fm.get('naming', 0))})."]
     if report.get("dev"):
         lines += ["", "Dev half (what training decisions were made on):", ""] + _metrics_table(report["dev"])
@@ -148,6 +146,15 @@ def answer_keys(m: dict) -> list[str]:
     """The probe prompts whose answer accuracy a held-out metrics dict (``organism.json``'s ``held_out`` / ``dev``
     entries) holds."""
     return [k for k, v in m.items() if isinstance(v, float) and k != "naming"]
+
+
+ANSWER_GOAL = 0.95  # every organism's goal: each probe prompt answered correctly on >= 95 % of test-half images
+
+
+def lowest_answer(metrics: dict) -> tuple[float, str, str] | None:
+    """The lowest probe-prompt answer accuracy over the held-out sets of ``metrics``: (accuracy, prompt, set);
+    ``None`` when none is recorded."""
+    return min(((m[k], k, key) for key, m in metrics.items() for k in answer_keys(m)), default=None)
 
 
 def _metrics_table(metrics: dict) -> list[str]:

@@ -206,11 +206,11 @@ def _kept_text(report: dict) -> str:
 
 
 def _goal_line(held: dict) -> str:
-    from ..card import answer_keys
+    from ..card import ANSWER_GOAL, lowest_answer
 
-    worst = min(((m[k], k, key) for key, m in held.items() for k in answer_keys(m)), default=None)
+    worst = lowest_answer(held)
     if worst is None:
         return "No held-out numbers."
-    met = "met" if worst[0] >= 0.95 else "**NOT met**"
+    met = "met" if worst[0] >= ANSWER_GOAL else "**NOT met**"
     return (f"Goal on the test half: answers >= 95 % on every probe prompt, both domains — {met} (lowest: {worst[1]} "
             f"{_pct(worst[0])} on {worst[2]}).")
