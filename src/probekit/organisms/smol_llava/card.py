@@ -180,6 +180,8 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "",
         _goal_line(held),
         "",
+        _paraphrase_line(report),
+        "",
         "## Reproduce",
         "",
         "```",
@@ -203,6 +205,25 @@ def _kept_text(report: dict) -> str:
         return ""
     return (f"; the weights kept are those of the check with the highest dev minimum over prompts (the last of "
             f"equal ones): step {kept['step']}, dev minimum {_pct(kept['dev_min'])}")
+
+
+def _paraphrase_line(report: dict) -> str:
+    """The paraphrases against the probe prompts, and what the dev checks selected on."""
+    from ..card import lowest_answer
+
+    held = report["held_out"]
+    para = min(((v, k, key) for key, m in held.items() for k, v in (m.get("paraphrases") or {}).items()), default=None)
+    probe = lowest_answer(held)
+    if para is None or probe is None:
+        return "No paraphrase numbers."
+    s = (f"Paraphrases (never scored for any decision): lowest {para[1]} {_pct(para[0])} on {para[2]}, against the "
+         f"lowest probe prompt's {_pct(probe[0])}.")
+    if para[0] < probe[0] - 0.10:
+        s += (" The answers depend on the wording: the dev checks that chose these weights scored the probe prompts "
+              "(on dev images, never the test half), so the probe prompts' accuracy is in part the product of keeping "
+              "the weights at a check where those wordings were answered; the paraphrases show what that choice did "
+              "not buy.")
+    return s
 
 
 def _goal_line(held: dict) -> str:
