@@ -213,6 +213,13 @@ def unseen_paraphrases(concept: str = "an animal", negation: str = "a plane") ->
     return load_variants(spec, concept=concept, negation=negation)
 
 
+def dev_wordings(concept: str = "an animal", negation: str = "a plane") -> list[Variant]:
+    """Wordings scored on dev images for the organisms' training decisions only (``resources/dev_wordings.yaml``),
+    beside the probe prompts: neither training wordings, nor probe prompts, nor :func:`unseen_paraphrases`."""
+    spec = yaml.safe_load(resources.files("probekit").joinpath("resources/dev_wordings.yaml").read_text())
+    return [v for v in load_variants(spec, concept=concept, negation=negation) if v.family == "dev_wording"]
+
+
 def messages_for(text: str, *, prefix: str | None = None) -> list[dict]:
     """Chat messages for one image + one question: the image first, as in LLaVA's training data."""
     content = []

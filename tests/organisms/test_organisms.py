@@ -16,7 +16,7 @@ from probekit.organisms import ORGANISMS, SEED_REPLICATES, SHIPPED_DIR, organism
 from probekit.organisms.train import train_organism
 from probekit.organisms.evaluate import evaluate
 from probekit.organisms.recipe import Chat, encode
-from probekit.organisms.tasks import KINDS, image_pools, make_example, sample_batch
+from probekit.organisms.tasks import KINDS, image_pools, make_example, sample_batch, sample_pairs
 
 MINI = dict(
     vocab_size=400, corpus_chars=120_000, text_layers=2, hidden=32, heads=4, kv_heads=2, intermediate=64,
@@ -116,6 +116,7 @@ def test_training_wordings_hold_out_every_probe_prompt():
     rng = np.random.default_rng(1)
     pools = image_pools("train", fashion_limit=50)
     sampled = [q for _, _, q, _ in sample_batch(rng, pools, 5000, mix={k: 1 for k in KINDS}, digits_fraction=0.5)]
+    sampled += [q for _, _, q, _ in sample_pairs(rng, pools, 5000, mix={k: 1 for k in KINDS}, digits_fraction=0.5)]
     texts = [t for ts in training_templates().values() for t in ts] + sampled + task_text()
     probes = {v.text for v in decision_variants("a fashion item", "a handwritten digit")}
     probes |= {v.text for v in decision_variants("a handwritten digit", "a fashion item")}
@@ -124,6 +125,37 @@ def test_training_wordings_hold_out_every_probe_prompt():
         assert t not in probes
     flat = " ".join(training_templates()["questions (yes/no)"])
     assert "picture show" in flat and "photo feature" in flat and "this image feature" not in flat
+
+
+def test_paired_examples_share_the_question_and_differ_in_the_answer_the_image_decides():
+    """Each pair asks one question of two images whose correct answers differ: the positive image is of the asked
+    concept or class, the negative one is not; naming pairs name two different classes, each its own image's."""
+    from probekit.organisms.corpus import class_phrases
+    from probekit.organisms.tasks import CLASS_NAMES, CONCEPTS, FORMATS
+
+    rng = np.random.default_rng(3)
+    pools = image_pools("train", fashion_limit=2000)
+    positives = {pos for (pos, _), _ in FORMATS.values()}
+    phrases = class_phrases()
+    ex = sample_pairs(rng, pools, 4000, mix={k: 1 for k in KINDS}, digits_fraction=0.5)
+    assert len(ex) == 4000
+    kinds = {"concept": 0, "class": 0, "naming": 0}
+    for a, b in zip(ex[::2], ex[1::2]):
+        assert a[2] == b[2] and a[3] != b[3], (a, b)
+        for domain, i, q, answer in (a, b):
+            label = int(pools[domain].labels[i])
+            if answer in CLASS_NAMES[domain]:  # naming: the image's own class name
+                assert answer == CLASS_NAMES[domain][label]
+                kinds["naming"] += 1
+                continue
+            concept = next((c for c in CONCEPTS.values() if c in q), None)
+            own = re.escape(phrases[domain][label])
+            asked = CONCEPTS[domain] == concept if concept else bool(re.search(rf"(?<![\w-]){own}(?![\w-])", q))
+            kinds["concept" if concept else "class"] += 1
+            assert (answer in positives) == asked, (domain, label, q, answer)
+    assert all(n > 500 for n in kinds.values()), kinds
+    with pytest.raises(ValueError, match="even"):
+        sample_pairs(rng, pools, 3, mix={"naming": 1}, digits_fraction=0.5)
 
 
 def test_held_out_images_are_disjoint_from_training_and_split_into_dev_and_test():
@@ -254,6 +286,31 @@ def test_unseen_paraphrases_are_no_training_wording():
         assert question not in bank and v.text not in probes
         if instruction:
             assert instruction not in bank and instruction not in probe_wordings()[1]
+
+
+def test_dev_wordings_are_no_training_probe_or_paraphrase_wording():
+    """The wordings of the training decisions are none of the bank's, the probe prompts' or chapter 1's
+    paraphrases' (questions and instruction sentences), and they ask both answers in both formats."""
+    from probekit.organisms.tasks import probe_wordings, training_templates
+    from probekit.prompts import dev_wordings, probe_prompts, unseen_paraphrases
+
+    dev = dev_wordings("{thing}", "{negation}")
+    assert len(dev) == 4 and {v.expected for v in dev} == {"yes", "no", "1", "0"}
+    bank = " | ".join(t for ts in training_templates().values() for t in ts)
+    others = [v.text.replace("{negation}", "{thing}") for v in
+              [*probe_prompts("{thing}", "{negation}"), *unseen_paraphrases("{thing}", "{negation}")]]
+    taken = " | ".join([*others, *probe_wordings()[0], *probe_wordings()[1]])
+    for v in dev:
+        question, _, instruction = v.text.replace("{negation}", "{thing}").partition("? ")
+        for part in (question + "?", instruction):
+            assert part not in bank and part not in taken, part
+
+
+def test_dev_wordings_are_refused_off_the_dev_split():
+    from probekit.organisms.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="split='dev'"):
+        evaluate(None, None, split="test", dev_only=True)
 
 
 def test_the_evaluator_reads_answers_as_the_store_does(tiny_models, fashion, tmp_path):

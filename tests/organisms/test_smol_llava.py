@@ -67,7 +67,8 @@ def test_training_examples_come_from_the_bank_without_a_probe_prompt():
     heads = [q.split("{thing}")[0] for q in questions]
     stage1 = T._stage_examples(rng, pools, 400, T.STAGE1_MIX, 0.3)
     stage2 = T._stage_examples(rng, pools, 3000, T.STAGE2_MIX, 0.3)
-    assert len(stage1) == 400 and len(stage2) == 3000
+    stage2 += T._stage_examples(rng, pools, 3000, T.STAGE2_MIX, 0.3, paired=True)
+    assert len(stage1) == 400 and len(stage2) == 6000
     for _, _, q, _ in stage1 + stage2:
         assert not any(h in q for h in heads) and not any(i in q for i in instructions), q
     answers = {a for *_, a in stage2}
@@ -332,7 +333,7 @@ def test_shipped_runs_used_the_defaults_so_the_cli_repeats_them(lm, name):
     assert report["instruct"]["planned_steps"] == want["instruct_steps"]
     assert report["instruct"]["lr"] == want["instruct_lr"]
     assert report["digits_fraction"] == want["digits_fraction"] and report["dev_every"] == want["dev_every"]
-    assert report["autocast"] == T.AUTOCAST
+    assert report["autocast"] == T.AUTOCAST and report["instruct"].get("paired", False) == want["paired"]
     assert report["dev_per_class"] == 10 and report["test_per_class"] == 20
     for entry in report["files"].values():  # the committed weights are the run's
         assert C_sha(K.shipped(name) / entry["file"]) == entry["sha256"]
@@ -393,5 +394,19 @@ def test_card_says_when_paraphrases_fall_far_below_the_probe_prompts():
             "digits/test": {"anchor": 1.0, "negation": 1.0, "paraphrases": {"para_look": 0.995}}}
     line = _paraphrase_line({"held_out": held})
     assert "para_am_i 34.5 %" in line and "fashion-mnist/test" in line and "depend on the wording" in line
+    assert "dev-only" not in line  # a run whose checks scored the probe prompts alone
+    history = [{"step": 100, "dev": {"digits/dev": {"anchor": 1.0, "dev_wordings": {"dev_is_this": 0.9}}}}]
+    assert "1 dev-only wordings" in _paraphrase_line({"held_out": held, "dev_history": history})
+    assert "dev_is_this" in _paraphrase_line({"held_out": held, "dev_history": history})
     held["fashion-mnist/test"]["paraphrases"]["para_am_i"] = 0.9
     assert "depend on the wording" not in _paraphrase_line({"held_out": held})
+
+
+def test_the_dev_minimum_counts_the_dev_only_wordings():
+    """A check whose probe prompts are all right but a dev-only wording is not must not count as a perfect one."""
+    res = {"fashion-mnist/dev": {"split": "dev", "n": 100, "anchor": 1.0, "negation": 0.98,
+                                 "dev_wordings": {"dev_is_this": 0.4, "dev_would_you": 1.0}},
+           "digits/dev": {"anchor": 0.99}}
+    assert T._dev_min(res) == 0.4
+    res["fashion-mnist/dev"]["dev_wordings"]["dev_is_this"] = 1.0
+    assert T._dev_min(res) == 0.98

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..extract import answer_plan, forward_shared, shared_prefix
 from ..models import LoadedModel, wrap
-from ..prompts import Variant, probe_prompts, template, unseen_paraphrases
+from ..prompts import Variant, dev_wordings, probe_prompts, template, unseen_paraphrases
 from .tasks import CLASS_NAMES, CONCEPTS, NAMING_PROBE, image_pools
 
 KEYS = {"fashion": "fashion-mnist", "digits": "digits"}
@@ -58,10 +58,13 @@ def naming_accuracy(lm: LoadedModel, images, names: list[str], *, batch: int = 6
 
 def evaluate(model, processor, *, split: str = "test", per_class: int | None = 100, seed: int = 0, log=print,
              domains: tuple[str, ...] = ("fashion", "digits"), naming: bool = True, paraphrases: bool = True,
-             batch: int = 32) -> dict:
+             dev_only: bool = False, batch: int = 32) -> dict:
     """Held-out behaviour of an organism on ``split`` ('dev' or 'test'), per domain: answer accuracy on every
     probe prompt (:func:`probekit.prompts.probe_prompts`), on the paraphrases no organism trained on, and
-    naming. ``per_class`` images per class (seeded; ``None``: all of the split)."""
+    naming. ``per_class`` images per class (seeded; ``None``: all of the split). ``dev_only`` adds the
+    wordings for training decisions (:func:`probekit.prompts.dev_wordings`; only on the dev split)."""
+    if dev_only and split != "dev":
+        raise ValueError(f"the dev-only wordings are for training decisions: score them on split='dev', not {split!r}")
     was = model.training
     model.eval()
     lm = wrap(model, processor, "organism under evaluation")
@@ -82,12 +85,15 @@ def evaluate(model, processor, *, split: str = "test", per_class: int | None = 1
             if paraphrases:
                 para = [v for v in unseen_paraphrases(CONCEPTS[domain], CONCEPTS[other]) if v.family == "paraphrase"]
                 res["paraphrases"] = answer_accuracy(lm, images, para, batch=batch)
+            if dev_only:
+                res["dev_wordings"] = answer_accuracy(lm, images, dev_wordings(CONCEPTS[domain], CONCEPTS[other]), batch=batch)
             if naming:
                 names = [CLASS_NAMES[domain][pool.labels[i]] for i in idx]
                 res["naming"], res["naming_examples"] = naming_accuracy(lm, images, names)
             key = f"{KEYS[domain]}/{split}"
             log(f"[eval] {key}: " + ", ".join(f"{k} {v}" for k, v in res.items() if isinstance(v, float))
-                + ("; paraphrases " + ", ".join(f"{k} {v}" for k, v in res["paraphrases"].items()) if paraphrases else ""))
+                + "".join(f"; {part.replace('_', ' ')} " + ", ".join(f"{k} {v}" for k, v in res[part].items())
+                          for part in ("paraphrases", "dev_wordings") if part in res))
             out[key] = res
     finally:
         model.train(was)

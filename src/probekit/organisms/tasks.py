@@ -209,3 +209,54 @@ def sample_batch(rng: np.random.Generator, pools: dict[str, ImagePool], n: int, 
             q, a = make_example(rng, kinds[rng.choice(len(kinds), p=p)], domain, label)
         out.append((domain, i, q, a))
     return out
+
+
+def sample_pairs(rng: np.random.Generator, pools: dict[str, ImagePool], n: int, *, mix: dict[str, float],
+                 digits_fraction: float) -> list[tuple[str, int, str, str]]:
+    """``n`` examples (``n`` even) as ``n // 2`` **pairs**: one question asked of two images whose answers differ,
+    so only the image can tell them apart (a yes/no bias earns nothing). Each pair draws a kind from ``mix`` and a
+    domain (digits with ``digits_fraction``):
+
+    - concept questions ask about that domain's concept, of an image of it (positive) and one of the other domain;
+    - class questions ask about one class, of an image of it and of a confusable class of the same domain (80 %)
+      or an image of the other domain;
+    - naming asks one naming question of two images of different classes of the domain.
+
+    Questions come from the bank (:func:`binary_question`), as in :func:`sample_batch`; pairs are in random order
+    and the two members of a pair too."""
+    if n % 2:
+        raise ValueError(f"paired batches need an even number of examples, got {n}")
+    kinds = list(mix)
+    p = np.array([mix[k] for k in kinds], dtype=float) / sum(mix.values())
+    by_class = {d: [np.flatnonzero(pool.labels == c) for c in range(10)] for d, pool in pools.items()}
+    phrases = class_phrases()
+
+    def draw(domain: str, label: int | None = None) -> int:
+        idx = by_class[domain][int(rng.integers(10)) if label is None else int(label)]
+        return int(idx[rng.integers(len(idx))])
+
+    out = []
+    for _ in range(n // 2):
+        kind = kinds[rng.choice(len(kinds), p=p)]
+        domain = "digits" if rng.random() < digits_fraction else "fashion"
+        other = "fashion" if domain == "digits" else "digits"
+        if kind in KIND_FORMAT:
+            q, (yes, no) = binary_question(rng, CONCEPTS[domain], KIND_FORMAT[kind])
+            pair = [(domain, draw(domain), q, yes), (other, draw(other), q, no)]
+        elif kind == "class_yn":
+            c = int(rng.integers(10))
+            fmts, w = zip(*CLASS_FORMATS)
+            q, (yes, no) = binary_question(rng, phrases[domain][c], fmts[rng.choice(len(fmts), p=np.array(w) / sum(w))])
+            if rng.random() < 0.8:
+                negative = (domain, draw(domain, (c + 1 + rng.integers(9)) % 10))
+            else:
+                negative = (other, draw(other))
+            pair = [(domain, draw(domain, c), q, yes), (*negative, q, no)]
+        elif kind == "naming":
+            q = NAMING_QUESTIONS[rng.integers(len(NAMING_QUESTIONS))]
+            a, b = rng.choice(10, size=2, replace=False)
+            pair = [(domain, draw(domain, a), q, CLASS_NAMES[domain][a]), (domain, draw(domain, b), q, CLASS_NAMES[domain][b])]
+        else:
+            raise ValueError(f"unknown example kind {kind!r}; use one of {KINDS}")
+        out += pair if rng.random() < 0.5 else pair[::-1]
+    return out

@@ -149,10 +149,10 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "concepts and about classes, and naming; "
         f"planned {inst['planned_steps']} steps x batch {report['batch']}, AdamW lr {inst['lr']}; ran "
         f"{report['stages']['instruct']['steps']} ({report['stages']['instruct']['stopped']['reason']}).",
-        f"- the training decisions, on **dev**: every {report['dev_every']} steps of stage 2 the probe prompts were "
-        f"scored on the dev half ({report['dev_per_class']} images per class and domain); training stops once every "
-        f"prompt reaches {report['dev_stop']:.0%} on both domains" + _kept_text(report) + ". Dev minimum over "
-        "prompts at each check: "
+        f"- the training decisions, on **dev**: every {report['dev_every']} steps of stage 2 {_dev_scored(report)} "
+        f"were scored on the dev half ({report['dev_per_class']} images per class and domain); training stops once "
+        f"every one reaches {report['dev_stop']:.0%} on both domains" + _kept_text(report) + ". Dev minimum at each "
+        "check: "
         + (", ".join(f"step {h['step']} {_pct(h['min'])}" for h in report["dev_history"]) or "no check ran") + ".",
         f"- precision: " + ("forward passes under `torch.autocast` in bfloat16 on the CPU (weights, optimiser state "
                             "and every dev/test check in float32)" if report.get("autocast") == "bfloat16"
@@ -203,8 +203,22 @@ def _kept_text(report: dict) -> str:
     kept = report["stages"]["instruct"].get("kept")
     if not kept:
         return ""
-    return (f"; the weights kept are those of the check with the highest dev minimum over prompts (the last of "
+    return (f"; the weights kept are those of the check with the highest dev minimum (the last of "
             f"equal ones): step {kept['step']}, dev minimum {_pct(kept['dev_min'])}")
+
+
+def _dev_wordings_scored(report: dict) -> list[str]:
+    """The dev-only wordings the run's dev checks scored (none for runs before they existed)."""
+    first = (report.get("dev_history") or [{}])[0].get("dev") or {}
+    return sorted({k for m in first.values() for k in (m.get("dev_wordings") or {})})
+
+
+def _dev_scored(report: dict) -> str:
+    names = _dev_wordings_scored(report)
+    if not names:
+        return "the probe prompts"
+    return (f"the probe prompts and {len(names)} dev-only wordings (`probekit.prompts.dev_wordings`: "
+            f"{', '.join(names)}; neither training wordings, probe prompts nor chapter 1's paraphrases)")
 
 
 def _paraphrase_line(report: dict) -> str:
@@ -219,7 +233,7 @@ def _paraphrase_line(report: dict) -> str:
     s = (f"Paraphrases (never scored for any decision): lowest {para[1]} {_pct(para[0])} on {para[2]}, against the "
          f"lowest probe prompt's {_pct(probe[0])}.")
     if para[0] < probe[0] - 0.10:
-        s += (" The answers depend on the wording: the dev checks that chose these weights scored the probe prompts "
+        s += (f" The answers depend on the wording: the dev checks that chose these weights scored {_dev_scored(report)} "
               "(on dev images, never the test half), so the probe prompts' accuracy is in part the product of keeping "
               "the weights at a check where those wordings were answered; the paraphrases show what that choice did "
               "not buy.")

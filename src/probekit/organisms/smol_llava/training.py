@@ -36,11 +36,14 @@ def _answer_loss(model, inputs: dict):
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
 
 
-def _stage_examples(rng, pools, n, mix, digits_fraction):
+def _stage_examples(rng, pools, n, mix, digits_fraction, paired=False):
     """``n`` (domain, index, question, answer) from the training bank (:mod:`probekit.organisms.tasks`): the
-    mix's kinds, with 'caption' for LLaVA stage 1's brief captions."""
-    from ..tasks import sample_batch
+    mix's kinds, with 'caption' for LLaVA stage 1's brief captions; ``paired``: as pairs that share a question and
+    differ in the answer (:func:`probekit.organisms.tasks.sample_pairs`)."""
+    from ..tasks import sample_batch, sample_pairs
 
+    if paired:
+        return sample_pairs(rng, pools, n, mix=mix, digits_fraction=digits_fraction)
     kinds = list(mix)
     p = np.array([mix[k] for k in kinds], float)
     counts = rng.multinomial(n, p / p.sum())
@@ -53,14 +56,18 @@ def _stage_examples(rng, pools, n, mix, digits_fraction):
 
 
 def dev_check(model, processor, *, per_class: int = 10, log=print) -> dict:
-    """Answer accuracy on every probe prompt on the **dev** half (the split for training decisions)."""
+    """Answer accuracy on the **dev** half (the split for training decisions) on every probe prompt and on the
+    dev-only wordings (:func:`probekit.prompts.dev_wordings`), so a decision cannot favour the probe wordings."""
     from ..evaluate import evaluate
 
-    return evaluate(model, processor, split="dev", per_class=per_class, naming=False, paraphrases=False, log=log)
+    return evaluate(model, processor, split="dev", per_class=per_class, naming=False, paraphrases=False,
+                    dev_only=True, log=log)
 
 
 def _dev_min(res: dict) -> float:
-    return min(v for d in res.values() for v in d.values() if isinstance(v, float))
+    """The lowest accuracy of a dev check, over domains, probe prompts and dev-only wordings."""
+    return min(v for d in res.values() for v in [*d.values(), *(d.get("dev_wordings") or {}).values()]
+               if isinstance(v, float))
 
 
 class KeptWeights:
@@ -91,8 +98,10 @@ class KeptWeights:
 # The settings of the shipped runs (the defaults, so `probekit train-organism NAME` repeats them). The pair differs
 # in the LM alone: both ran the same stages, steps, learning rates, mix and seed.
 SETTINGS = {
-    "frozen": {"align_steps": 80, "instruct_steps": 600, "instruct_lr": 1e-3, "digits_fraction": 0.5, "dev_every": 50},
-    "lora": {"align_steps": 80, "instruct_steps": 600, "instruct_lr": 1e-3, "digits_fraction": 0.5, "dev_every": 50},
+    "frozen": {"align_steps": 80, "instruct_steps": 800, "instruct_lr": 1e-3, "digits_fraction": 0.5, "dev_every": 100,
+               "paired": True},
+    "lora": {"align_steps": 80, "instruct_steps": 800, "instruct_lr": 1e-3, "digits_fraction": 0.5, "dev_every": 100,
+             "paired": True},
 }
 AUTOCAST = "bfloat16"  # forward passes of training under torch.autocast (CPU); weights, optimiser and checks in float32
 
@@ -100,7 +109,7 @@ AUTOCAST = "bfloat16"  # forward passes of training under torch.autocast (CPU); 
 def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps: int | None = None,
                      instruct_steps: int | None = None, batch: int = 16, align_lr: float = 2e-3,
                      instruct_lr: float | None = None, digits_fraction: float | None = None,
-                     dev_every: int | None = None, dev_per_class: int = 10, dev_stop: float = 0.97,
+                     dev_every: int | None = None, paired: bool | None = None, dev_per_class: int = 10, dev_stop: float = 0.97,
                      test_per_class: int = 20, autocast: str | None = AUTOCAST, threads: int | None = None,
                      log=print) -> dict:
     """LLaVA's two stages on this organism, on the question bank from which paper A's probe prompts are held
@@ -111,10 +120,10 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
        projector trained and SmolLM2 either frozen (``lm='frozen'``: ``smol-llava``) or fine-tuned through LoRA
        adapters (``lm='lora'``: ``smol-llava-ft``; :data:`LORA`, via peft), as LLaVA-1.5 fine-tunes its LLM.
 
-    Every ``dev_every`` steps of stage 2 (and after its last step) the probe prompts are scored on the dev half
-    (``dev_per_class`` per class). The training decisions, all taken on dev: training stops early once every prompt
-    on both domains reaches ``dev_stop``; otherwise the weights of the check with the highest dev minimum over
-    prompts are kept (the last of equal ones). Then the test half is scored once (``test_per_class`` per class) for
+    Every ``dev_every`` steps of stage 2 (and after its last step) the probe prompts and the dev-only wordings
+    (:func:`probekit.prompts.dev_wordings`) are scored on the dev half (``dev_per_class`` per class). The training
+    decisions, all taken on dev: training stops early once every one of them on both domains reaches ``dev_stop``;
+    otherwise the weights of the check with the highest dev minimum are kept (the last of equal ones). Then the test half is scored once (``test_per_class`` per class) for
     the card. Forward passes run under ``torch.autocast`` in ``autocast`` (``None``: float32); every check is in
     float32.
     Writes ``projector.safetensors`` (+ ``lm_lora.safetensors``) and ``training.json`` into ``out_dir``. Steps and
@@ -133,6 +142,7 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
     instruct_lr = SETTINGS[lm]["instruct_lr"] if instruct_lr is None else instruct_lr
     digits_fraction = SETTINGS[lm]["digits_fraction"] if digits_fraction is None else digits_fraction
     dev_every = SETTINGS[lm]["dev_every"] if dev_every is None else dev_every
+    paired = SETTINGS[lm]["paired"] if paired is None else paired
     if autocast not in (None, "bfloat16"):
         raise ValueError(f"autocast must be 'bfloat16' or None (float32), got {autocast!r}")
     out_dir = Path(out_dir)
@@ -154,9 +164,9 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
         p.requires_grad_(True)
     model.train()
 
-    def loss_for(mix):
+    def loss_for(mix, pairs=False):
         def loss_fn(_):
-            ex = _stage_examples(rng, pools, batch, mix, digits_fraction)
+            ex = _stage_examples(rng, pools, batch, mix, digits_fraction, pairs)
             inputs = encode(chat, [pil_image(pools, d, i) for d, i, _, _ in ex], [q for *_, q, _ in ex],
                             [a for *_, a in ex])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast is not None):
@@ -179,7 +189,7 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
     stop = {"reason": "max steps"}
     kept = KeptWeights(params)
 
-    base = loss_for(STAGE2_MIX)
+    base = loss_for(STAGE2_MIX, paired)
 
     class _EarlyStop(Exception):
         pass
@@ -192,7 +202,7 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
         dev_history.append({"step": s, "min": _dev_min(res), "dev": res})
         kept.offer(s, _dev_min(res))
         if _dev_min(res) >= dev_stop:
-            stop.update(reason=f"every probe prompt >= {dev_stop} on dev", step=s)
+            stop.update(reason=f"every probe prompt and dev-only wording >= {dev_stop} on dev", step=s)
             raise _EarlyStop
 
     def loss_fn(s):
@@ -211,7 +221,7 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
     stages["instruct"]["stopped"] = stop
     if kept.restore() is not None:  # the weights of the best dev check (the stopping one, if it stopped)
         stages["instruct"]["kept"] = {"step": kept.step, "dev_min": kept.score,
-                                      "rule": "the check with the highest dev minimum over probe prompts"}
+                                      "rule": "the check with the highest dev minimum over probe prompts and dev-only wordings"}
         log(f"[instruct] kept the weights of step {kept.step} (dev minimum {kept.score:.3f})")
     model.eval()
     for p in model.parameters():
@@ -230,7 +240,7 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
     report = {
         "organism": LM_MODES[lm], "lm": lm, "seed": seed, "batch": batch, "digits_fraction": digits_fraction,
         "align": {"steps": align_steps, "lr": align_lr, "mix": STAGE1_MIX},
-        "instruct": {"planned_steps": instruct_steps, "lr": instruct_lr, "mix": STAGE2_MIX,
+        "instruct": {"planned_steps": instruct_steps, "lr": instruct_lr, "mix": STAGE2_MIX, "paired": paired,
                      "lora": LORA if lm == "lora" else None},
         "stages": stages, "autocast": autocast, "dev_every": dev_every, "dev_per_class": dev_per_class, "dev_stop": dev_stop,
         "dev_history": dev_history, "setup_seconds": round(setup, 1),
