@@ -306,6 +306,23 @@ def test_dev_wordings_are_no_training_probe_or_paraphrase_wording():
             assert part not in bank and part not in taken, part
 
 
+def test_bank_wordings_are_training_wordings_asking_both_answers_in_both_formats():
+    """The seen-wording control: every one of its questions is a bank template (so it is no probe prompt), filled
+    with the concept or the other domain's, with both answers of yes/no and 1/0 expected."""
+    from probekit.organisms.tasks import bank_wordings, training_templates
+    from probekit.prompts import probe_prompts
+
+    bank = {t for ts in training_templates().values() for t in ts}
+    probes = {v.text.replace("{negation}", "{thing}") for v in probe_prompts("{thing}", "{negation}")}
+    variants = bank_wordings("{thing}", "{thing}")
+    assert {(v.expected, v.answers) for v in variants} == {("yes", ("yes", "no")), ("no", ("yes", "no")),
+                                                          ("1", ("1", "0")), ("0", ("1", "0"))}
+    for v in variants:
+        assert v.text in bank and v.text not in probes, v.text
+    filled = bank_wordings("a fashion item", "a handwritten digit")
+    assert [("handwritten" in v.text) for v in filled] == [v.expected in ("no", "0") for v in filled]
+
+
 def test_dev_wordings_are_refused_off_the_dev_split():
     from probekit.organisms.evaluate import evaluate
 

@@ -16,7 +16,7 @@ from PIL import Image
 from ..extract import answer_plan, forward_shared, shared_prefix
 from ..models import LoadedModel, wrap
 from ..prompts import Variant, dev_wordings, probe_prompts, template, unseen_paraphrases
-from .tasks import CLASS_NAMES, CONCEPTS, NAMING_PROBE, image_pools
+from .tasks import CLASS_NAMES, CONCEPTS, NAMING_PROBE, bank_wordings, image_pools
 
 KEYS = {"fashion": "fashion-mnist", "digits": "digits"}
 
@@ -58,11 +58,12 @@ def naming_accuracy(lm: LoadedModel, images, names: list[str], *, batch: int = 6
 
 def evaluate(model, processor, *, split: str = "test", per_class: int | None = 100, seed: int = 0, log=print,
              domains: tuple[str, ...] = ("fashion", "digits"), naming: bool = True, paraphrases: bool = True,
-             dev_only: bool = False, batch: int = 32) -> dict:
+             dev_only: bool = False, bank: bool = False, batch: int = 32) -> dict:
     """Held-out behaviour of an organism on ``split`` ('dev' or 'test'), per domain: answer accuracy on every
     probe prompt (:func:`probekit.prompts.probe_prompts`), on the paraphrases no organism trained on, and
     naming. ``per_class`` images per class (seeded; ``None``: all of the split). ``dev_only`` adds the
-    wordings for training decisions (:func:`probekit.prompts.dev_wordings`; only on the dev split)."""
+    wordings for training decisions (:func:`probekit.prompts.dev_wordings`; only on the dev split); ``bank``
+    adds four of the training bank's own wordings (:func:`probekit.organisms.tasks.bank_wordings`)."""
     if dev_only and split != "dev":
         raise ValueError(f"the dev-only wordings are for training decisions: score them on split='dev', not {split!r}")
     was = model.training
@@ -85,6 +86,8 @@ def evaluate(model, processor, *, split: str = "test", per_class: int | None = 1
             if paraphrases:
                 para = [v for v in unseen_paraphrases(CONCEPTS[domain], CONCEPTS[other]) if v.family == "paraphrase"]
                 res["paraphrases"] = answer_accuracy(lm, images, para, batch=batch)
+            if bank:
+                res["bank_wordings"] = answer_accuracy(lm, images, bank_wordings(CONCEPTS[domain], CONCEPTS[other]), batch=batch)
             if dev_only:
                 res["dev_wordings"] = answer_accuracy(lm, images, dev_wordings(CONCEPTS[domain], CONCEPTS[other]), batch=batch)
             if naming:
@@ -93,7 +96,7 @@ def evaluate(model, processor, *, split: str = "test", per_class: int | None = 1
             key = f"{KEYS[domain]}/{split}"
             log(f"[eval] {key}: " + ", ".join(f"{k} {v}" for k, v in res.items() if isinstance(v, float))
                 + "".join(f"; {part.replace('_', ' ')} " + ", ".join(f"{k} {v}" for k, v in res[part].items())
-                          for part in ("paraphrases", "dev_wordings") if part in res))
+                          for part in ("paraphrases", "bank_wordings", "dev_wordings") if part in res))
             out[key] = res
     finally:
         model.train(was)

@@ -114,6 +114,23 @@ def training_templates() -> dict[str, list[str]]:
     return out
 
 
+def bank_wordings(concept: str, negation: str) -> list:
+    """Four of the bank's own wordings as probe-like prompts (:class:`probekit.prompts.Variant`): 'Does the picture
+    show X?' with the bank's first yes/no and 1/0 instruction sentences, asked about the image's concept (answer
+    yes / 1) and the other domain's (no / 0). Scored on held-out images, they separate an organism that learned its
+    training wordings from one that learned the task (the probe prompts are worded otherwise)."""
+    from ..prompts import Variant
+
+    q = QUESTIONS[2]
+    out = []
+    for fmt, suffix in (("yes/no", ""), ("1/0", "_one_zero")):
+        (pos, neg), instructions = FORMATS[fmt]
+        out += [Variant(f"bank{suffix}", "bank_wording", f"{q.format(thing=concept)} {instructions[0]}", (pos, neg), pos),
+                Variant(f"bank_negation{suffix}", "bank_wording", f"{q.format(thing=negation)} {instructions[0]}",
+                        (pos, neg), neg)]
+    return out
+
+
 # Kinds of instruction examples; a recipe's mix gives their sampling weights.
 KINDS = ("concept_yn", "concept_10", "concept_tf", "class_yn", "naming")
 KIND_FORMAT = {"concept_yn": "yes/no", "concept_10": "1/0", "concept_tf": "true/false"}

@@ -115,3 +115,28 @@ def test_parting_evidence_writes_the_parting_layer_as_a_layer_number():
                         n_images=10)
     ev = claims.parting_evidence(df)
     assert ev["verdict"] == "reproduced" and "resampled images: 1, 100%" in ev["because"]
+
+
+def test_a_pair_with_a_model_that_fails_the_premise_is_inconclusive_whatever_its_curves():
+    """The premise rule (Wilson bounds against 0.90) is read per model; a failing model makes its pair inconclusive
+    even where the curves alone would reproduce the claim, and the sentence names the model and its lowest prompt."""
+    import pandas as pd
+
+    from probekit.papers.a_stages import verdicts as V
+    from probekit.papers.a_stages.comparison import pair_verdict
+
+    def table(acc, n=200):
+        return pd.DataFrame([{"variant": "anchor", "image shows": "a fashion item", "answered_correctly": 0.99, "n": n},
+                             {"variant": "negation", "image shows": "a handwritten digit", "answered_correctly": acc,
+                              "n": n}])
+
+    good, bad = V.premise(table(1.0)), V.premise(table(0.10))
+    assert good[0] == "holds" and bad[0] == "fails" and bad[1][0][0] == "negation"  # lowest lower bound first
+    assert V.premise(table(0.91, 100))[0] == "uncertain"
+    p = pd.Series({"factor": "LM fine-tuning", "model": "ft", "reference": "frozen", "controlled": True,
+                   "differs in": "the LM"})
+    assert pair_verdict(p, 0.01, 0.0, 0.02, 0.05, True, {"ft": good, "frozen": good})[0] == V.REPRODUCED
+    verdict, because = pair_verdict(p, 0.01, 0.0, 0.02, 0.05, True, {"ft": good, "frozen": bad})
+    assert verdict == V.INCONCLUSIVE and "`frozen` fails chapter 1's premise" in because
+    assert "`negation` on images showing a handwritten digit, 10.0%" in because and "`ft`" not in because
+    assert pair_verdict(p, 0.2, 0.1, 0.3, 0.05, True, {"ft": good, "frozen": good})[0] == V.NOT_REPRODUCED

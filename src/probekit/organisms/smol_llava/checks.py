@@ -121,3 +121,52 @@ def fingerprint(model, processor) -> dict:
         "last_token_norms": [float(v.norm()) for v in last],
         "last_layer_head": [float(v) for v in last[-1][:8]],
     }
+
+
+def text_only_answers(model, processor) -> dict:
+    """What the language model answers with the image's class given **in words** instead of the image: for each
+    class of both domains, 'This is a photo of <class phrase>.' followed (where the image would be) by a concept
+    question about its own domain (correct answer yes) and about the other (no), in paper A's anchor wording and
+    in one bank wording (:func:`probekit.organisms.tasks.bank_wordings`). Each answer's log-probability is that of
+    its best surface form ('yes', ' yes', 'Yes', ' Yes'), teacher-forced after the generation prompt. Returns, per
+    wording, how many of the 40 questions the model answers correctly and its mean yes-minus-no margin (nats) when
+    the concept matches and when it does not: an LM that cannot tell them apart from words gives a projector nothing
+    to steer toward."""
+    import torch
+
+    from ...prompts import paper_a_variants
+    from ..corpus import class_phrases
+    from ..tasks import CONCEPTS, bank_wordings
+
+    tok = processor.tokenizer
+    wordings = {"anchor (paper A)": paper_a_variants("{c}", "a plane")[0].text,
+                "bank": bank_wordings("{c}", "a plane")[0].text}
+
+    def logprob(prompt_ids, answer):
+        best = None
+        for form in (answer, " " + answer, answer.capitalize(), " " + answer.capitalize()):
+            ids = tok(form, add_special_tokens=False)["input_ids"]
+            x = torch.tensor([prompt_ids + ids])
+            with torch.no_grad():
+                lp = torch.log_softmax(model(input_ids=x).logits[0, len(prompt_ids) - 1:-1].float(), -1)
+            s = float(lp[torch.arange(len(ids)), torch.tensor(ids)].sum())
+            best = s if best is None else max(best, s)
+        return best
+
+    out = {}
+    for name, text in wordings.items():
+        right, match, mismatch = 0, [], []
+        for domain, phrases in class_phrases().items():
+            for phrase in phrases:
+                for asked, say_yes in ((domain, True), (next(d for d in CONCEPTS if d != domain), False)):
+                    q = f"This is a photo of {phrase}.\n{text.replace('{c}', CONCEPTS[asked])}"
+                    msgs = [{"role": "user", "content": [{"type": "text", "text": q}]}]
+                    prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+                    margin = logprob(ids, "yes") - logprob(ids, "no")
+                    right += (margin > 0) == say_yes
+                    (match if say_yes else mismatch).append(margin)
+        out[name] = {"correct": int(right), "n": len(match) + len(mismatch),
+                     "mean_margin_match": round(float(np.mean(match)), 3),
+                     "mean_margin_mismatch": round(float(np.mean(mismatch)), 3)}
+    return out

@@ -256,7 +256,7 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
     t = time.perf_counter()
     from ..evaluate import evaluate
 
-    report["held_out"] = evaluate(model, processor, split="test", per_class=test_per_class, log=log)
+    report["held_out"] = evaluate(model, processor, split="test", per_class=test_per_class, bank=True, log=log)
     report["eval_seconds"] = round(time.perf_counter() - t, 1)
     (out_dir / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

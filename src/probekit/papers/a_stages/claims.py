@@ -238,34 +238,17 @@ def behaviour_note(run, table, paraphrases=None) -> str:
     return " ".join(lines)
 
 
-PREMISE = 0.90  # the share of images a probe prompt must be answered correctly on, for the premise to hold
-
-
 def premise_paragraph(run, table, paraphrases=None) -> str:
     """Chapter 1's closing verdict: it decides no claim of paper A, it checks the premise every later chapter needs
-    (the model solves the task its probes decode). Rule (methods page): per probe prompt and image domain, the
-    Wilson 95 % interval of the share answered correctly; the premise **holds** when every lower bound is at least
-    :data:`PREMISE`, **fails** when some upper bound is below it, and is **uncertain** otherwise."""
-    from scipy.stats import binomtest
-
-    rows = []
-    for _, r in table.iterrows():
-        n = int(r.n)
-        ci = binomtest(int(round(r.answered_correctly * n)), n).proportion_ci(method="wilson")
-        rows.append((r.variant, r["image shows"], float(r.answered_correctly), n, ci.low, ci.high))
-    low = min(rows, key=lambda x: x[4])
-    if all(x[4] >= PREMISE for x in rows):
-        word = "holds"
-    elif any(x[5] < PREMISE for x in rows):
-        word = "fails"
-    else:
-        word = "uncertain"
-    failing = [f"`{v}` on {d} ({a:.1%}, CI {lo:.3f}–{hi:.3f})" for v, d, a, _, lo, hi in rows if hi < PREMISE]
+    (the model solves the task its probes decode), by :func:`~.verdicts.premise`."""
+    word, rows = V.premise(table)
+    low = rows[0]
+    failing = [f"`{v}` on {d} ({a:.1%}, CI {lo:.3f}–{hi:.3f})" for v, d, a, _, lo, hi in rows if hi < V.PREMISE]
     s = (f"**Verdict on `{run.model_id}`** (rule: methods page). This chapter decides none of paper A's claims; it "
          f"checks their premise — that the model solves the task its probes decode. The premise "
          f"{'is ' if word == 'uncertain' else ''}**{word}**: the lowest "
          f"Wilson 95 % lower bound over the probe prompts and both domains is {low[4]:.3f} (`{low[0]}` on images "
-         f"showing {low[1]}, {low[2]:.1%} of {low[3]}), against {PREMISE:.2f}.")
+         f"showing {low[1]}, {low[2]:.1%} of {low[3]}), against {V.PREMISE:.2f}.")
     if failing:
         s += " Below it: " + "; ".join(failing) + ". Later chapters' probes describe a model that does not solve these."
     if paraphrases is not None and len(paraphrases):

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ...stats import pivotal_interval
 from . import verdicts as V
-from .analysis import probe
+from .analysis import decision_behaviour, probe
 from .intervals import segment_intervals
 from .stages import STAGES, StageParams, depth_text, layer_range, normalized_depth
 
@@ -84,6 +84,7 @@ class Comparison:
     drops: pd.DataFrame   # model, kind, unit, layer, depth, drop, band_lo, band_hi
     noise: pd.DataFrame   # seed pairs and their D
     blocks: dict
+    premises: dict = None  # model -> (chapter 1's premise verdict, its rows: lowest Wilson lower bound first)
 
 
 def _anchor(results) -> np.ndarray:
@@ -111,8 +112,9 @@ def compare(runs: dict, *, params: StageParams | None = None, n_boot: int = 1000
     from ...organisms import SEED_REPLICATES
 
     params = params or StageParams(**thresholds)
-    curves, stages, drops, segs, results, blocks = [], [], [], {}, {}, {}
+    curves, stages, drops, segs, results, blocks, premises = [], [], [], {}, {}, {}, {}
     for name, r in runs.items():
+        premises[name] = V.premise(decision_behaviour(r))
         res = probe(r, n_boot=n_boot, concept_only=True, control=False)  # chapter 2's probes; its control not shown
         results[name] = res
         L = r.store.n_layers
@@ -140,25 +142,41 @@ def compare(runs: dict, *, params: StageParams | None = None, n_boot: int = 1000
     for _, p in pairs.iterrows():
         est, lo, hi = curve_difference(_anchor(results[p.model]), _anchor(results[p.reference]), n_boot=n_boot)
         same = _sequence(segs[p.model]) == _sequence(segs[p.reference])
-        if p.factor != "base LLM" and not p.controlled:
-            verdict = V.INCONCLUSIVE
-            because = f"not a controlled pair: {p['differs in']}"
-        elif p.factor == "base LLM":
-            verdict = V.base_llm_shift(bool(p.controlled), None)
-            because = (f"not a controlled pair ({p['differs in']}); stage starts by normalized depth — {p.model}: "
-                       f"{_starts(segs[p.model], blocks[p.model])}; {p.reference}: {_starts(segs[p.reference], blocks[p.reference])}")
-        else:
-            verdict = V.stability(est, lo, floor, same)
-            because = (f"curve difference D = {est:.3f} (95 % {lo:.3f}–{hi:.3f}) against the seed noise floor "
-                       + (f"{floor:.3f}" if floor is not None else "(no seed replicates here)")
-                       + f"; {'same' if same else 'different'} stage sequence")
+        verdict, because = pair_verdict(p, est, lo, hi, floor, same, premises,
+                                        starts={m: _starts(segs[m], blocks[m]) for m in (p.model, p.reference)})
         out.append({**p.to_dict(), "D": est, "D low": lo, "D high": hi, "noise floor": floor,
                     "same stage sequence": same, "verdict": verdict, "because": because})
     pairs = pd.DataFrame(out, columns=[*pairs.columns, "D", "D low", "D high", "noise floor", "same stage sequence",
                                        "verdict", "because"])
     return Comparison(curves=pd.concat(curves, ignore_index=True), stages=pd.concat(stages, ignore_index=True),
                       segmentations=segs, pairs=pairs, drops=pd.concat(drops, ignore_index=True), noise=noise,
-                      blocks=blocks)
+                      blocks=blocks, premises=premises)
+
+
+def pair_verdict(p, est: float, lo: float, hi: float, floor: float | None, same: bool, premises: dict,
+                 starts: dict | None = None) -> tuple[str, str]:
+    """One pair's verdict and the sentence it rests on (rules: :mod:`.verdicts`). ``p``: a row of
+    :func:`controlled_pairs`; ``est, lo, hi``: its curve difference and interval; ``floor``: the seed noise floor;
+    ``same``: whether the stage sequences agree; ``premises``: model -> :func:`~.verdicts.premise`'s result.
+    A model that fails chapter 1's premise makes the pair inconclusive, before anything else is read."""
+    failing = [m for m in (p.model, p.reference) if premises[m][0] == "fails"]
+    if failing:
+        return V.INCONCLUSIVE, (
+            "; ".join(f"`{m}` fails chapter 1's premise (lowest: `{premises[m][1][0][0]}` on images showing "
+                      f"{premises[m][1][0][1]}, {premises[m][1][0][2]:.1%} answered correctly)" for m in failing)
+            + ": its probes describe a model that does not solve the task, so the pair cannot speak for the factor"
+            f" (D = {est:.3f}, 95 % {lo:.3f}–{hi:.3f})")
+    if p.factor != "base LLM" and not p.controlled:
+        return V.INCONCLUSIVE, f"not a controlled pair: {p['differs in']}"
+    if p.factor == "base LLM":
+        starts = starts or {}
+        return V.base_llm_shift(bool(p.controlled), None), (
+            f"not a controlled pair ({p['differs in']}); stage starts by normalized depth — {p.model}: "
+            f"{starts.get(p.model, '?')}; {p.reference}: {starts.get(p.reference, '?')}")
+    return V.stability(est, lo, floor, same), (
+        f"curve difference D = {est:.3f} (95 % {lo:.3f}–{hi:.3f}) against the seed noise floor "
+        + (f"{floor:.3f}" if floor is not None else "(no seed replicates here)")
+        + f"; {'same' if same else 'different'} stage sequence")
 
 
 def _sequence(seg) -> list[str]:
@@ -175,8 +193,10 @@ def stage_boundaries_wide(comp: Comparison) -> pd.DataFrame:
     rows = []
     for m, seg in comp.segmentations.items():
         L = comp.blocks[m]
-        rows.append({"model": m, "blocks": L, **{s: "—" if r is None else f"{layer_range(r)} ({depth_text(r, L)})"
-                                               for s, r in seg.ranges().items()}})
+        premise = (comp.premises or {}).get(m)
+        rows.append({"model": m, "blocks": L, "premise": premise[0] if premise else "—",
+                     **{s: "—" if r is None else f"{layer_range(r)} ({depth_text(r, L)})"
+                        for s, r in seg.ranges().items()}})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -197,4 +217,5 @@ def pair_table(comp: Comparison) -> pd.DataFrame:
     return out.set_index("factor")
 
 
-__all__ = ["Comparison", "compare", "controlled_pairs", "curve_difference", "pair_table", "stage_boundaries_wide"]
+__all__ = ["Comparison", "compare", "controlled_pairs", "curve_difference", "pair_table", "pair_verdict",
+           "stage_boundaries_wide"]

@@ -27,6 +27,11 @@ claim is written beside it here and on the methods page:
   above the noise floor; without seed replicates there is no noise floor and the verdict is inconclusive.
 - *the layer allocation shifts with the base LLM*: needs a controlled pair (two models that differ only in the base
   LLM); without one, inconclusive, whatever the numbers.
+- *the premise* (chapter 1; no claim of paper A, what every claim needs): the model solves the task its probes
+  decode. Per probe prompt and image domain, the Wilson 95 % interval of the share answered correctly: it holds
+  when every lower bound is at least :data:`PREMISE`, fails when some upper bound is below it, and is uncertain
+  otherwise. A pair (chapter 4) one of whose models fails it is judged inconclusive whatever its curves: their
+  probes describe a model that does not solve the task.
 """
 
 from __future__ import annotations
@@ -102,6 +107,28 @@ def parting(shared_certain: np.ndarray, shared_possible: np.ndarray, parted_cert
     return INCONCLUSIVE
 
 
+PREMISE = 0.90  # the share of images a probe prompt must be answered correctly on, for the premise to hold
+
+
+def premise(table) -> tuple[str, list[tuple]]:
+    """The premise rule (module doc) on a :func:`~.analysis.decision_behaviour` table: ``'holds'``, ``'fails'`` or
+    ``'uncertain'``, and the rows ``(variant, image shows, share, n, low, high)`` with the lowest lower bound
+    first (Wilson 95 % intervals)."""
+    from scipy.stats import binomtest
+
+    rows = []
+    for _, r in table.iterrows():
+        n = int(r.n)
+        ci = binomtest(int(round(r.answered_correctly * n)), n).proportion_ci(method="wilson")
+        rows.append((r.variant, r["image shows"], float(r.answered_correctly), n, ci.low, ci.high))
+    rows.sort(key=lambda x: x[4])
+    if all(x[4] >= PREMISE for x in rows):
+        return "holds", rows
+    if any(x[5] < PREMISE for x in rows):
+        return "fails", rows
+    return "uncertain", rows
+
+
 def stability(difference: float, difference_lo: float, noise_floor: float | None, same_sequence: bool) -> str:
     """A controlled pair's curve difference against the seed noise floor (module doc)."""
     if noise_floor is None:
@@ -125,5 +152,6 @@ def sentence(claim: str, verdict: str, because: str) -> str:
     return f"- {claim}: **{verdict}** — {because}"
 
 
-__all__ = ["INCONCLUSIVE", "LEXICAL_DROP", "NOT_REPRODUCED", "REGIONS", "REPRODUCED", "VERDICTS", "base_llm_shift",
-           "lexical_drop", "order", "parting", "position", "presence", "sentence", "stability"]
+__all__ = ["INCONCLUSIVE", "LEXICAL_DROP", "NOT_REPRODUCED", "PREMISE", "REGIONS", "REPRODUCED", "VERDICTS",
+           "base_llm_shift", "lexical_drop", "order", "parting", "position", "premise", "presence", "sentence",
+           "stability"]
