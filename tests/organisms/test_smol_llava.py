@@ -410,3 +410,25 @@ def test_the_dev_minimum_counts_the_dev_only_wordings():
     assert T._dev_min(res) == 0.4
     res["fashion-mnist/dev"]["dev_wordings"]["dev_is_this"] = 1.0
     assert T._dev_min(res) == 0.98
+
+
+def test_card_separates_learned_wordings_from_a_learned_task():
+    """The seen-wording line says the organism learned its training wordings when those are answered and a probe
+    prompt is not; that the task is not learned when its own wordings fail too; and nothing more otherwise."""
+    from probekit.organisms.smol_llava.card import _bank_line, _text_only_line
+
+    held = {"fashion-mnist/test": {"n": 200, "anchor": 0.99, "negation": 0.12,
+                                   "bank_wordings": {"bank": 1.0, "bank_negation": 0.98}},
+            "digits/test": {"n": 200, "anchor": 1.0, "negation": 0.99, "bank_wordings": {"bank_one_zero": 0.97}}}
+    line = _bank_line(held)
+    assert "bank_one_zero 97.0 %" in line and "12.0 %" in line and "learned its training wordings" in line
+    held["digits/test"]["bank_wordings"]["bank_one_zero"] = 0.5
+    assert "the task itself is not learned" in _bank_line(held)
+    held["fashion-mnist/test"]["negation"] = 0.99
+    held["digits/test"]["bank_wordings"]["bank_one_zero"] = 0.99
+    assert "learned" not in _bank_line(held)
+    assert "No numbers" in _bank_line({"digits/test": {"anchor": 1.0}})
+    t = {"anchor (paper A)": {"correct": 21, "n": 40, "mean_margin_match": 0.3, "mean_margin_mismatch": 0.25}}
+    frozen = _text_only_line({"lm": "frozen", "text_only": t})
+    assert "21 of 40 correct" in frozen and "+0.30" in frozen and "+0.25" in frozen and "frozen here" in frozen
+    assert "after its LoRA fine-tuning" in _text_only_line({"lm": "lora", "text_only": t})

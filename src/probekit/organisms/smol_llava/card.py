@@ -52,8 +52,8 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "`LlavaForConditionalGeneration` (transformers) made of two real pretrained parts from PyPI wheels and a "
         "projector trained here" + (", with SmolLM2 fine-tuned through LoRA adapters in stage 2 (as LLaVA-1.5 "
                                     "fine-tunes its LLM; the partner of `smol-llava`, whose SmolLM2 is frozen: the same "
-                                    "stage 1, data, training bank and seed, with stage 2's learning rate and length set "
-                                    "for each — see Training)"
+                                    "stages, settings, data, training bank and seed; where stage 2 stopped is decided "
+                                    "for each on dev — see Training)"
                                     if ft else " (SmolLM2 frozen throughout; `smol-llava-ft` is the same recipe with "
                                     "SmolLM2 fine-tuned)") + ". Only the trained weights are committed ("
         + ", ".join(f"`{f.name}`" for f in files) + f", {size / 2**20:.2f} MiB in all; sha256 "
@@ -147,7 +147,11 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
                                                   "the 30 blocks; peft)" if ft else ", SmolLM2 frozen")
         + f", on the bank's mix ({_mix(inst['mix'])}): yes/no, 1/0 and true/false questions about the domain "
         "concepts and about classes, and naming; "
-        f"planned {inst['planned_steps']} steps x batch {report['batch']}, AdamW lr {inst['lr']}; ran "
+        + ("batches of **pairs** (`probekit.organisms.tasks.sample_pairs`): one question asked of two images whose "
+           "answers differ — a concept question of an image of each domain, a class question of the class and of "
+           "another class, naming of two classes — so the wording alone never gives the answer; "
+           if inst.get("paired") else "examples drawn one by one; ")
+        + f"planned {inst['planned_steps']} steps x batch {report['batch']}, AdamW lr {inst['lr']}; ran "
         f"{report['stages']['instruct']['steps']} ({report['stages']['instruct']['stopped']['reason']}).",
         f"- the training decisions, on **dev**: every {report['dev_every']} steps of stage 2 {_dev_scored(report)} "
         f"were scored on the dev half ({report['dev_per_class']} images per class and domain); training stops once "
@@ -181,6 +185,10 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         _goal_line(held),
         "",
         _paraphrase_line(report),
+        "",
+        _bank_line(held),
+        "",
+        _text_only_line(report),
         "",
         "## Reproduce",
         "",
@@ -249,3 +257,37 @@ def _goal_line(held: dict) -> str:
     met = "met" if worst[0] >= ANSWER_GOAL else "**NOT met**"
     return (f"Goal on the test half: answers >= 95 % on every probe prompt, both domains — {met} (lowest: {worst[1]} "
             f"{_pct(worst[0])} on {worst[2]}).")
+
+
+def _bank_line(held: dict) -> str:
+    """The seen-wording control against the probe prompts: what the organism learned, the task or its wordings."""
+    from ..card import ANSWER_GOAL, lowest_answer
+
+    bank = min(((v, k, key) for key, m in held.items() for k, v in (m.get("bank_wordings") or {}).items()), default=None)
+    probe = lowest_answer(held)
+    if bank is None or probe is None:
+        return "No numbers on the training bank's own wordings."
+    s = (f"Seen wordings on unseen images (four of the training bank's own wordings, `probekit.organisms.tasks."
+         f"bank_wordings`, on the same test images): lowest {bank[1]} {_pct(bank[0])} on {bank[2]}, against the "
+         f"lowest probe prompt's {_pct(probe[0])}.")
+    if bank[0] >= ANSWER_GOAL > probe[0]:
+        s += (" It answers the wordings it trained on and not paper A's: it learned its training wordings, not the "
+              "task as any wording asks it.")
+    elif bank[0] < ANSWER_GOAL:
+        s += " It misses the goal on wordings it trained on too: on these images the task itself is not learned."
+    return s
+
+
+def _text_only_line(report: dict) -> str:
+    """What the language model answers with the class given in words (:func:`.checks.text_only_answers`)."""
+    t = report.get("text_only")
+    if not t:
+        return "No text-only check."
+    parts = [f"{w}: {r['correct']} of {r['n']} correct, mean yes-minus-no margin {r['mean_margin_match']:+.2f} "
+             f"nats when the concept matches vs {r['mean_margin_mismatch']:+.2f} when it does not" for w, r in t.items()]
+    return ("Text only (the image replaced by its class in words, 'This is a photo of a sneaker.', then a concept "
+            "question about its own domain and about the other; `probekit.organisms.smol_llava.checks."
+            "text_only_answers`): " + "; ".join(parts) + ". This is this organism's language model alone, "
+            + ("after its LoRA fine-tuning." if report.get("lm") == "lora" else
+               "SmolLM2 as shipped in the wheel (frozen here): a model that cannot tell a matching concept from a "
+               "mismatching one in words gives the projector no answer to steer toward."))

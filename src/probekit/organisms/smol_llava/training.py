@@ -13,7 +13,7 @@ import numpy as np
 from ..card import sha256_file as _sha256
 from .assembly import adapt, assemble, build_smol_llava, projector_state_dict
 from .card import write_card
-from .checks import conversion_checks, fingerprint
+from .checks import conversion_checks, fingerprint, text_only_answers
 from .constants import FT_NAME, LORA, LORA_FILE_NAME, NAME, shipped
 
 # ------------------------------------------------------------------------------- training (held-out prompts)
@@ -292,6 +292,16 @@ def finalize(name: str, run_dir, out_dir=None, *, log=print) -> dict:
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(path)
     checks = conversion_checks(model) if name == NAME else None  # smol-llava-ft's SmolLM2 is no longer the GGUF's
+    held = report["held_out"]
+    if any("bank_wordings" not in m for m in held.values()):  # a run from before the seen-wording control: a measurement
+        from ..evaluate import evaluate                        # on the same test images, no decision rests on it
+
+        log("[finalize] scoring the bank's own wordings on the test half (the seen-wording control)")
+        extra = evaluate(model, processor, split="test", per_class=report.get("test_per_class", 20), naming=False,
+                         paraphrases=False, bank=True, log=log)
+        for key, m in extra.items():
+            held[key]["bank_wordings"] = m["bank_wordings"]
+    report["text_only"] = text_only_answers(model, processor)
     report["parameters"] = sum(p.numel() for p in model.parameters())
     report["trained_parameters"] = trained
     report.setdefault("test_per_class", report["held_out"][next(iter(report["held_out"]))]["n"] // 10)
