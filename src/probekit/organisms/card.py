@@ -121,11 +121,31 @@ def write_card(out_dir: Path, recipe: Recipe, report: dict, metrics: dict) -> Pa
         lines += ["", f"Targets on the test half: answers >= 95 % on every probe prompt, both domains — {met} (lowest: "
                   f"{lowest[1]} {_fmt_acc(lowest[0])}); naming >= 80 % on Fashion-MNIST — "
                   f"{'met' if fm.get('naming', 0) >= 0.8 else 'NOT met'} ({_fmt_acc(fm.get('naming', 0))})."]
+    readout = report.get("vision_readout")
+    if readout:
+        lines += ["", readout_sentence(readout, fm.get("naming"))]
     if report.get("dev"):
         lines += ["", "Dev half (what training decisions were made on):", ""] + _metrics_table(report["dev"])
     lines += ["", "Full numbers: `organism.json`."]
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
     return out_dir / "README.md"
+
+
+def readout_sentence(readout: dict, naming: float | None) -> str:
+    """The naming goal's measured ceiling: the frozen vision tower's linear readout
+    (:func:`probekit.organisms.ceiling.vision_readout`) beside the organism's naming accuracy."""
+    lo, hi = readout["ci95"]
+    s = (f"Ceiling of naming, measured: a linear readout of the frozen vision tower (multinomial logistic regression "
+         f"on the {readout['features']:,} features the projector reads, vision layer {readout['layer']}, fitted on "
+         f"{readout['n_train']:,} Fashion-MNIST train images, scored once on all {readout['n_test']:,} test-half "
+         f"images) names {_fmt_acc(readout['accuracy'])} of them (95 % {_fmt_acc(lo)}–{_fmt_acc(hi)}).")
+    if naming is not None:
+        gap = 100 * (readout["accuracy"] - naming)
+        s += (f" Naming through the projector and decoder reaches {_fmt_acc(naming)} on this card's test images, "
+              f"{abs(gap):.1f} points {'below' if gap >= 0 else 'above'} it. The readout is no strict bound (the "
+              "projector and decoder are not linear), but it measures what the frozen tower hands them: a longer "
+              "instruction phase can close at most the gap between the two, a better tower can raise both.")
+    return s
 
 
 def template_lines() -> list[str]:
