@@ -20,3 +20,17 @@ def test_each_shipped_organism_has_a_row_from_its_own_files(tmp_path):
     card.write_text(card.read_text().split("Training templates (")[0])
     row = [r for r in organisms_page(tmp_path).splitlines() if r.startswith("| `x-organism`")][0]
     assert "trained on paper A's probe prompts" in row
+
+
+def test_a_row_adds_the_seen_wording_control_when_the_report_has_it(tmp_path):
+    import json
+
+    shutil.copytree(SHIPPED_DIR / "llava-organism", tmp_path / "x-organism")
+    meta_file = tmp_path / "x-organism" / "organism.json"
+    meta = json.loads(meta_file.read_text())
+    row = [r for r in organisms_page(tmp_path).splitlines() if r.startswith("| `x-organism`")][0]
+    assert "own training wordings" not in row
+    meta["held_out"]["digits/test"]["bank_wordings"] = {"bank": 0.99, "bank_negation_one_zero": 0.875}
+    meta_file.write_text(json.dumps(meta))
+    row = [r for r in organisms_page(tmp_path).splitlines() if r.startswith("| `x-organism`")][0]
+    assert "its own training wordings: lowest 87.5%" in row

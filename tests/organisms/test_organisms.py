@@ -373,3 +373,19 @@ def test_phase_one_is_the_same_bits_for_organisms_that_differ_later_and_restores
         assert np_state == base[1] and torch.equal(torch_state, base[2])
     seed1 = after_phase_one("llava-organism-seed1", tmp_path)  # another seed: another key, trained afresh
     assert "restored_from_cache" not in seed1[3] and not all(torch.equal(seed1[0][k], base[0][k]) for k in base[0])
+
+
+def test_vision_readout_reads_the_projector_layer_of_the_shipped_tower_far_above_chance():
+    """The naming ceiling's readout: the features are the tower's state at the layer the projector reads (every
+    image token), and a trained tower's readout names Fashion-MNIST far above chance (0.10) and the card says so."""
+    from probekit.organisms.card import readout_sentence
+    from probekit.organisms.ceiling import vision_readout
+
+    r = vision_readout("llava-organism", train_limit=400, test_limit=200, log=lambda *a: None)
+    recipe = ORGANISMS["llava-organism"]
+    assert r["layer"] == recipe.vision_layers - 1  # LLaVA's vision_feature_layer = -2 of the tower's 4 blocks
+    assert r["features"] == (recipe.image_size // recipe.patch_size) ** 2 * recipe.vision_hidden
+    assert r["n_test"] == 200 and r["n_train"] == 400 and r["accuracy"] > 0.5
+    assert r["ci95"][0] < r["accuracy"] < r["ci95"][1]
+    text = readout_sentence(r, 0.40)
+    assert f"{100 * r['accuracy']:.1f} %" in text and "40.0 %" in text and "below it" in text

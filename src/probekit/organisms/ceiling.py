@@ -30,10 +30,11 @@ def tower_features(lm, images, *, batch: int = 256) -> tuple[np.ndarray, int]:
     return np.stack(out).astype(np.float32), int(layer)
 
 
-def vision_readout(model_id: str, *, train_limit: int | None = None, seed: int = 0, log=print) -> dict:
+def vision_readout(model_id: str, *, train_limit: int | None = None, test_limit: int | None = None, seed: int = 0,
+                   log=print) -> dict:
     """The linear readout of ``model_id``'s vision tower on Fashion-MNIST's ten classes: fitted on the train split
-    (``train_limit``: a seeded subset), scored on the whole test half. Returns the accuracy with its Wilson 95 %
-    interval, n, the layer and the feature count."""
+    (``train_limit``: a seeded subset), scored on the whole test half (``test_limit``: a seeded subset, for tests).
+    Returns the accuracy with its Wilson 95 % interval, n, the layer and the feature count."""
     from PIL import Image
 
     from ..models import load_model
@@ -42,18 +43,20 @@ def vision_readout(model_id: str, *, train_limit: int | None = None, seed: int =
 
     lm = load_model(model_id, dtype="float32", device="cpu")
     train, test = image_pools("train")["fashion"], image_pools("test")["fashion"]
-    keep = np.arange(len(train))
+    keep, held = np.arange(len(train)), np.arange(len(test))
     if train_limit is not None and train_limit < len(keep):
         keep = np.sort(np.random.default_rng(seed).permutation(len(keep))[:train_limit])
+    if test_limit is not None and test_limit < len(held):
+        held = np.sort(np.random.default_rng(seed + 1).permutation(len(held))[:test_limit])
 
     def pils(pool, idx):
         return [Image.fromarray(pool.images[i]).convert("RGB") for i in idx]
 
-    log(f"[readout] {model_id}: tower features of {len(keep):,} train and {len(test):,} test-half images")
+    log(f"[readout] {model_id}: tower features of {len(keep):,} train and {len(held):,} test-half images")
     x_train, layer = tower_features(lm, pils(train, keep))
-    x_test, _ = tower_features(lm, pils(test, range(len(test))))
+    x_test, _ = tower_features(lm, pils(test, held))
     probe = LayerProbes(C=READOUT_C, seed=seed).fit(x_train[:, None], train.labels[keep])
-    correct = probe.predict(x_test[:, None])[:, 0] == test.labels
+    correct = probe.predict(x_test[:, None])[:, 0] == test.labels[held]
     k, n = int(correct.sum()), len(correct)
     from scipy.stats import binomtest
 
@@ -63,4 +66,5 @@ def vision_readout(model_id: str, *, train_limit: int | None = None, seed: int =
     return {"accuracy": round(k / n, 4), "ci95": [round(low, 4), round(high, 4)], "n_test": n,
             "n_train": len(keep), "layer": layer, "features": int(x_train.shape[1]), "C": READOUT_C,
             "fit": "probekit.probes.LayerProbes (multinomial logistic regression, standardised)",
-            "train": "Fashion-MNIST train split", "test": "Fashion-MNIST test half (all of it)"}
+            "train": "Fashion-MNIST train split",
+            "test": "Fashion-MNIST test half" + ("" if test_limit is None else f" (seeded subset of {n})")}
