@@ -428,7 +428,14 @@ def test_card_separates_learned_wordings_from_a_learned_task():
     held["digits/test"]["bank_wordings"]["bank_one_zero"] = 0.99
     assert "learned" not in _bank_line(held)
     assert "No numbers" in _bank_line({"digits/test": {"anchor": 1.0}})
-    t = {"anchor (paper A)": {"correct": 21, "n": 40, "mean_margin_match": 0.3, "mean_margin_mismatch": 0.25}}
+    t = {"anchor (paper A)": {"correct": 21, "n": 40, "mean_margin_match": 0.3, "mean_margin_mismatch": 0.25,
+                              "auc": 0.52, "p_separation": 0.4}}
     frozen = _text_only_line({"lm": "frozen", "text_only": t})
-    assert "21 of 40 correct" in frozen and "+0.30" in frozen and "+0.25" in frozen and "frozen here" in frozen
-    assert "after its LoRA fine-tuning" in _text_only_line({"lm": "lora", "text_only": t})
+    assert "21 of 40 correct" in frozen and "+0.30" in frozen and "+0.25" in frozen and "frozen in this" in frozen
+    assert "at chance and its margins do not separate" in frozen and "projector alone" in frozen
+    assert "after the LoRA fine-tuning" in _text_only_line({"lm": "lora", "text_only": t})
+    t["anchor (paper A)"]["p_separation"] = 0.001  # the choice at chance, the margins apart: said, and no more
+    line = _text_only_line({"lm": "lora", "text_only": t})
+    assert "choice is at chance" in line and "margins separate" in line and "do not separate" not in line
+    t["bank"] = {"correct": 38, "n": 40, "mean_margin_match": 2.0, "mean_margin_mismatch": -2.0}  # 0.83-0.99: not chance
+    assert "at chance" not in _text_only_line({"lm": "frozen", "text_only": t})

@@ -279,15 +279,34 @@ def _bank_line(held: dict) -> str:
 
 
 def _text_only_line(report: dict) -> str:
-    """What the language model answers with the class given in words (:func:`.checks.text_only_answers`)."""
+    """What the language model answers with the class given in words (:func:`.checks.text_only_answers`). Its
+    yes/no choice is at chance when each wording's Wilson 95 % interval holds 0.5; its margins do not separate
+    matching from mismatching concepts when each wording's Mann-Whitney p-value is at least 0.05."""
+    from scipy.stats import binomtest
+
     t = report.get("text_only")
     if not t:
         return "No text-only check."
-    parts = [f"{w}: {r['correct']} of {r['n']} correct, mean yes-minus-no margin {r['mean_margin_match']:+.2f} "
-             f"nats when the concept matches vs {r['mean_margin_mismatch']:+.2f} when it does not" for w, r in t.items()]
-    return ("Text only (the image replaced by its class in words, 'This is a photo of a sneaker.', then a concept "
-            "question about its own domain and about the other; `probekit.organisms.smol_llava.checks."
-            "text_only_answers`): " + "; ".join(parts) + ". This is this organism's language model alone, "
-            + ("after its LoRA fine-tuning." if report.get("lm") == "lora" else
-               "SmolLM2 as shipped in the wheel (frozen here): a model that cannot tell a matching concept from a "
-               "mismatching one in words gives the projector no answer to steer toward."))
+    parts, chance, apart = [], [], []
+    for w, r in t.items():
+        ci = binomtest(r["correct"], r["n"]).proportion_ci(method="wilson")
+        chance.append(ci.low <= 0.5 <= ci.high)
+        apart.append(r.get("p_separation", 1.0) < 0.05)
+        parts.append(f"{w}: {r['correct']} of {r['n']} correct (95 % {ci.low:.2f}–{ci.high:.2f}); mean yes-minus-no "
+                     f"margin {r['mean_margin_match']:+.2f} nats when the concept matches vs "
+                     f"{r['mean_margin_mismatch']:+.2f} when it does not"
+                     + (f" (AUC {r['auc']:.2f}, Mann-Whitney p = {r['p_separation']:.2g})" if "auc" in r else ""))
+    lm = ("its language model after the LoRA fine-tuning" if report.get("lm") == "lora" else
+          "SmolLM2 as shipped in the wheel (frozen in this organism)")
+    s = ("Text only (the image replaced by its class in words, 'This is a photo of a sneaker.', then a concept "
+         "question about its own domain and about the other; `probekit.organisms.smol_llava.checks."
+         "text_only_answers`), asked of " + lm + ": " + "; ".join(parts) + ".")
+    if all(chance) and not any(apart) and all("auc" in r for r in t.values()):
+        s += (" In words it answers at chance and its margins do not separate a matching concept from a mismatching "
+              "one in any wording: the comparison the task needs is not in this language model"
+              + (", and a projector alone can only feed it." if report.get("lm") != "lora" else "."))
+    elif all(chance):
+        s += " In words its yes/no choice is at chance in every wording" + (
+            ", though its margins separate matching from mismatching concepts in "
+            + ", ".join(w for w, a in zip(t, apart) if a) + "." if any(apart) else ".")
+    return s

@@ -129,10 +129,11 @@ def text_only_answers(model, processor) -> dict:
     question about its own domain (correct answer yes) and about the other (no), in paper A's anchor wording and
     in one bank wording (:func:`probekit.organisms.tasks.bank_wordings`). Each answer's log-probability is that of
     its best surface form ('yes', ' yes', 'Yes', ' Yes'), teacher-forced after the generation prompt. Returns, per
-    wording, how many of the 40 questions the model answers correctly and its mean yes-minus-no margin (nats) when
-    the concept matches and when it does not: an LM that cannot tell them apart from words gives a projector nothing
-    to steer toward."""
+    wording, how many of the 40 questions the model answers correctly, its mean yes-minus-no margin (nats) when
+    the concept matches and when it does not, and whether the margins separate the two whatever the threshold (AUC,
+    and the one-sided Mann-Whitney p-value of "matching concepts get larger margins")."""
     import torch
+    from scipy.stats import mannwhitneyu
 
     from ...prompts import paper_a_variants
     from ..corpus import class_phrases
@@ -166,7 +167,10 @@ def text_only_answers(model, processor) -> dict:
                     margin = logprob(ids, "yes") - logprob(ids, "no")
                     right += (margin > 0) == say_yes
                     (match if say_yes else mismatch).append(margin)
+        test = mannwhitneyu(match, mismatch, alternative="greater")  # do matching concepts get larger margins?
         out[name] = {"correct": int(right), "n": len(match) + len(mismatch),
                      "mean_margin_match": round(float(np.mean(match)), 3),
-                     "mean_margin_mismatch": round(float(np.mean(mismatch)), 3)}
+                     "mean_margin_mismatch": round(float(np.mean(mismatch)), 3),
+                     "auc": round(float(test.statistic) / (len(match) * len(mismatch)), 3),
+                     "p_separation": float(f"{test.pvalue:.3g}")}
     return out
