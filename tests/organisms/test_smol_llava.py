@@ -299,14 +299,13 @@ def test_rebuilt_model_answers_as_its_card_says(rebuilt_scores, name):
         assert abs(got[k] - card[k]) <= 1 / card["n"] + 1e-9, (name, k, got[k], card[k])
 
 
-# Known shortfall, stated rather than hidden: smol-llava (SmolLM2 frozen) answers "yes" to the negation prompts (1.0 %
-# on the digits' 1/0 negation of the test half); smol-llava-ft sits at the goal's edge (lowest 95.0 % on the card's
-# 200 images, below 95 % on this 5-per-class subset when last run). Non-strict for that reason.
+# Known shortfall, stated rather than hidden: smol-llava (SmolLM2 frozen) answers "yes" to the negation prompts
+# (9.5 % / 19.0 % on the card's test half) and misses its own training wordings too; its SmolLM2 answers the concept
+# question at chance from words (the card's text-only check). Strict: a smol-llava that meets the goal must say so.
 @pytest.mark.slow
 @needs_wheels
-@pytest.mark.xfail(reason="goal >= 95 % on every probe prompt: missed by smol-llava, at the edge for smol-llava-ft",
-                   strict=False)
-@pytest.mark.parametrize("name", K.NAMES)
+@pytest.mark.parametrize("name", [K.FT_NAME, pytest.param(K.NAME, marks=pytest.mark.xfail(
+    reason="goal >= 95 % on every probe prompt: missed by smol-llava (frozen SmolLM2; see its card)", strict=True))])
 def test_held_out_answers_meet_the_goal(name, tmp_path):
     """Each shipped smol organism answers every probe prompt correctly on >= 95 % of test-half images of both domains
     (5 per class, another seed than the card's subset) — prompts it never trained on."""
