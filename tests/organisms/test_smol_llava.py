@@ -438,3 +438,31 @@ def test_card_separates_learned_wordings_from_a_learned_task():
     assert "choice is at chance" in line and "margins separate" in line and "do not separate" not in line
     t["bank"] = {"correct": 38, "n": 40, "mean_margin_match": 2.0, "mean_margin_mismatch": -2.0}  # 0.83-0.99: not chance
     assert "at chance" not in _text_only_line({"lm": "frozen", "text_only": t})
+
+
+def test_a_seed_replicate_is_recorded_only_when_it_differs_in_the_seed_alone(tmp_path, monkeypatch):
+    """record_replicate copies a finished run's seed, stopping step and test-half numbers into the shipped report and
+    the card's replicate table; a run with other settings (or the same seed) is refused with the reason."""
+    from probekit.organisms.smol_llava import card as CARD
+
+    dest = tmp_path / "shipped"
+    dest.mkdir()
+    report = json.loads((K.shipped(K.FT_NAME) / "training.json").read_text())
+    report.pop("replicates", None)
+    (dest / "training.json").write_text(json.dumps(report))
+    monkeypatch.setattr(T, "shipped", lambda name: dest)
+    monkeypatch.setattr(CARD, "shipped", lambda name: dest)
+    run = tmp_path / "run"
+    run.mkdir()
+    other = json.loads(json.dumps(report)) | {"seed": 1}
+    other["held_out"]["digits/test"]["negation"] = 0.9
+    (run / "training.json").write_text(json.dumps(other))
+    entry = T.record_replicate(K.FT_NAME, run, log=lambda *a: None)
+    assert entry["seed"] == 1 and json.loads((dest / "training.json").read_text())["replicates"][0]["seed"] == 1
+    card = (dest / "README.md").read_text()
+    assert "## Seed replicates" in card and "| 1 | kept step" in card and "negation 90.0 % on digits/test" in card
+    assert "| 0 (shipped) |" in card and "NOT met" in card
+    other["instruct"] = dict(other["instruct"], lr=0.5)
+    (run / "training.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="instruct"):
+        T.record_replicate(K.FT_NAME, run, log=lambda *a: None)

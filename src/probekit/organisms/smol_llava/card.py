@@ -190,6 +190,7 @@ def write_card(report: dict, checks: dict | None = None, build_seconds: float | 
         "",
         _text_only_line(report),
         "",
+        *_replicate_lines(report),
         "## Reproduce",
         "",
         "```",
@@ -310,3 +311,27 @@ def _text_only_line(report: dict) -> str:
             ", though its margins separate matching from mismatching concepts in "
             + ", ".join(w for w, a in zip(t, apart) if a) + "." if any(apart) else ".")
     return s
+
+
+def _replicate_lines(report: dict) -> list[str]:
+    """Seed replicates of this recipe (:func:`.training.record_replicate`): where each stopped and its lowest
+    test-half answers, beside the shipped seed's; their weights are not shipped."""
+    from ..card import ANSWER_GOAL, lowest_answer
+
+    reps = report.get("replicates") or []
+    if not reps:
+        return []
+    lines = ["## Seed replicates (same recipe and settings, other seeds; weights not shipped)", "",
+             "| seed | stage 2 | lowest probe prompt (test half) | lowest paraphrase | goal |", "|---|---|---|---|---|"]
+    for r in [{"seed": report["seed"], "stopped": report["stages"]["instruct"]["stopped"],
+               "kept": report["stages"]["instruct"].get("kept"), "held_out": report["held_out"], "shipped": True},
+              *reps]:
+        low = lowest_answer(r["held_out"])
+        para = min(((v, k, key) for key, m in r["held_out"].items() for k, v in (m.get("paraphrases") or {}).items()),
+                   default=None)
+        step = (r.get("kept") or {}).get("step", r["stopped"].get("step"))
+        lines.append(f"| {r['seed']}{' (shipped)' if r.get('shipped') else ''} | kept step {step} "
+                     f"({r['stopped']['reason']}) | {low[1]} {_pct(low[0])} on {low[2]} | "
+                     + (f"{para[1]} {_pct(para[0])} on {para[2]}" if para else "—")
+                     + f" | {'met' if low[0] >= ANSWER_GOAL else 'NOT met'} |")
+    return lines + [""]

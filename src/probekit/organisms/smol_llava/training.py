@@ -313,3 +313,30 @@ def finalize(name: str, run_dir, out_dir=None, *, log=print) -> dict:
     write_card(report, checks, build_seconds, name=name)
     shutil.copy(dest / "README.md", path / "README.md")
     return checks or {}
+
+
+def record_replicate(name: str, run_dir, *, log=print) -> dict:
+    """Record a finished run of ``name``'s recipe with another seed as a **seed replicate** of the shipped one:
+    its seed, where stage 2 stopped and its test-half numbers go into ``shipped/<name>/training.json``
+    (``replicates``) and the card; its weights are not shipped. The run must use the shipped run's settings."""
+    run_dir, dest = Path(run_dir), shipped(name)
+    run = json.loads((run_dir / "training.json").read_text())
+    report = json.loads((dest / "training.json").read_text())
+    if run.get("organism") != name or "held_out" not in run:
+        raise ValueError(f"{run_dir}: not a finished run of {name}")
+    keys = ("batch", "digits_fraction", "align", "instruct", "autocast", "dev_every", "dev_per_class", "dev_stop",
+            "test_per_class")
+    differs = [k for k in keys if run.get(k) != report.get(k)]
+    if differs or run["seed"] == report["seed"]:
+        raise ValueError(f"{run_dir}: a replicate differs from the shipped run in the seed alone; it differs in "
+                         f"{differs or 'nothing (same seed)'}")
+    entry = {"seed": run["seed"], "stopped": run["stages"]["instruct"]["stopped"],
+             "kept": run["stages"]["instruct"].get("kept"), "dev_history_min": [(h["step"], h["min"]) for h in run["dev_history"]],
+             "train_seconds": run["train_seconds"], "train_cpu_seconds": run["train_cpu_seconds"],
+             "held_out": {k: {m: v for m, v in d.items() if m != "naming_examples"} for k, d in run["held_out"].items()},
+             "weights_sha256": {k: v["sha256"] for k, v in run["files"].items()}}
+    report["replicates"] = [r for r in report.get("replicates", []) if r["seed"] != run["seed"]] + [entry]
+    (dest / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_card(report, report.get("conversion_checks"), report.get("build_seconds"), name=name)
+    log(f"[replicate] {name} seed {run['seed']} recorded in {dest / 'training.json'}")
+    return entry
