@@ -143,8 +143,8 @@ def readout_sentence(readout: dict, naming: float | None) -> str:
         gap = 100 * (readout["accuracy"] - naming)
         s += (f" Naming through the projector and decoder reaches {_fmt_acc(naming)} on this card's test images, "
               f"{abs(gap):.1f} points {'below' if gap >= 0 else 'above'} it. The readout is no strict bound (the "
-              "projector and decoder are not linear), but it measures what the frozen tower hands them: a longer "
-              "instruction phase can close at most the gap between the two, a better tower can raise both.")
+              "projector and decoder are not linear); it measures how much of the class a linear map of the frozen "
+              "tower's features carries.")
     return s
 
 
