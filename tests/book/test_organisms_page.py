@@ -1,5 +1,6 @@
 """The generated organisms page says, per shipped organism, what its card and organism.json say."""
 
+import json
 import shutil
 
 from probekit.book.organisms_page import organisms_page
@@ -12,6 +13,8 @@ def test_each_shipped_organism_has_a_row_from_its_own_files(tmp_path):
     rows = {line.split("`")[1]: line for line in page.splitlines() if line.startswith("| `")}
     assert set(rows) == set(folders)
     assert "held out (" in rows["llava-organism"] and "test half" in rows["llava-organism"]
+    readout = json.loads((SHIPPED_DIR / "llava-organism" / "organism.json").read_text())["vision_readout"]["accuracy"]
+    assert f"the frozen vision tower's linear readout: {readout:.1%}" in rows["llava-organism"]
     assert "5.74 bits per weight" in page and "Not known" in page
 
     # a folder whose card lists no templates is reported as trained on the probe prompts
@@ -23,8 +26,6 @@ def test_each_shipped_organism_has_a_row_from_its_own_files(tmp_path):
 
 
 def test_a_row_adds_the_seen_wording_control_when_the_report_has_it(tmp_path):
-    import json
-
     shutil.copytree(SHIPPED_DIR / "llava-organism", tmp_path / "x-organism")
     meta_file = tmp_path / "x-organism" / "organism.json"
     meta = json.loads(meta_file.read_text())

@@ -52,7 +52,9 @@ def _row(name: str, folder: Path) -> str:
         fm = test.get("fashion-mnist/test", {})
         where = "test half" if decided_on_dev else "held-out set (no dev/test separation)"
         behaviour = f"{where}, lowest: " + "; ".join(lows) + (
-            f"; naming {fm['naming']:.1%}" if "naming" in fm else "")
+            f"; naming {fm['naming']:.1%}" if "naming" in fm else "") + (
+            f" (the frozen vision tower's linear readout: {meta['vision_readout']['accuracy']:.1%})"
+            if "naming" in fm and meta.get("vision_readout") else "")
         bank = [v for m in test.values() for v in (m.get("bank_wordings") or {}).values()]
         if bank:  # the seen-wording control: the training bank's own wordings on the same test images
             behaviour += f"; its own training wordings: lowest {min(bank):.1%}"
