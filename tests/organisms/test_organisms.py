@@ -389,3 +389,24 @@ def test_vision_readout_reads_the_projector_layer_of_the_shipped_tower_far_above
     assert r["ci95"][0] < r["accuracy"] < r["ci95"][1]
     text = readout_sentence(r, 0.40)
     assert f"{100 * r['accuracy']:.1f} %" in text and "40.0 %" in text and "below it" in text
+
+
+def test_the_evaluator_adds_the_seen_and_dev_only_wordings_on_request():
+    """bank=True scores the four bank wordings beside the probe prompts; dev_only=True (dev split only) the four
+    dev-only wordings; neither changes the probe prompts' numbers."""
+    from transformers import AutoProcessor
+
+    from probekit.models.build import MODEL_CLASSES
+    from probekit.organisms.evaluate import evaluate
+
+    path = organism_path("llava-organism")
+    model, proc = MODEL_CLASSES["llava"].from_pretrained(path), AutoProcessor.from_pretrained(path)
+    quiet = dict(per_class=2, naming=False, paraphrases=False, log=lambda *a: None)
+    plain = evaluate(model, proc, split="dev", **quiet)
+    both = evaluate(model, proc, split="dev", bank=True, dev_only=True, **quiet)
+    for key, m in both.items():
+        assert set(m["bank_wordings"]) == {"bank", "bank_negation", "bank_one_zero", "bank_negation_one_zero"}
+        assert set(m["dev_wordings"]) == {"dev_is_this", "dev_would_you", "dev_is_this_one_zero", "dev_would_you_one_zero"}
+        assert {k: v for k, v in m.items() if isinstance(v, float)} == {k: v for k, v in plain[key].items()
+                                                                       if isinstance(v, float)}
+    assert "dev_wordings" not in plain["digits/dev"] and "bank_wordings" not in plain["digits/dev"]

@@ -86,10 +86,9 @@ def evaluate(model, processor, *, split: str = "test", per_class: int | None = 1
             if paraphrases:
                 para = [v for v in unseen_paraphrases(CONCEPTS[domain], CONCEPTS[other]) if v.family == "paraphrase"]
                 res["paraphrases"] = answer_accuracy(lm, images, para, batch=batch)
-            if bank:
-                res["bank_wordings"] = answer_accuracy(lm, images, bank_wordings(CONCEPTS[domain], CONCEPTS[other]), batch=batch)
-            if dev_only:
-                res["dev_wordings"] = answer_accuracy(lm, images, dev_wordings(CONCEPTS[domain], CONCEPTS[other]), batch=batch)
+            for part, on, wordings in (("bank_wordings", bank, bank_wordings), ("dev_wordings", dev_only, dev_wordings)):
+                if on:
+                    res[part] = answer_accuracy(lm, images, wordings(CONCEPTS[domain], CONCEPTS[other]), batch=batch)
             if naming:
                 names = [CLASS_NAMES[domain][pool.labels[i]] for i in idx]
                 res["naming"], res["naming_examples"] = naming_accuracy(lm, images, names)

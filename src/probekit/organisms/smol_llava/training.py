@@ -109,7 +109,8 @@ AUTOCAST = "bfloat16"  # forward passes of training under torch.autocast (CPU); 
 def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps: int | None = None,
                      instruct_steps: int | None = None, batch: int = 16, align_lr: float = 2e-3,
                      instruct_lr: float | None = None, digits_fraction: float | None = None,
-                     dev_every: int | None = None, paired: bool | None = None, dev_per_class: int = 10, dev_stop: float = 0.97,
+                     dev_every: int | None = None, paired: bool | None = None, dev_per_class: int = 10,
+                     dev_stop: float = 0.97,
                      test_per_class: int = 20, autocast: str | None = AUTOCAST, threads: int | None = None,
                      log=print) -> dict:
     """LLaVA's two stages on this organism, on the question bank from which paper A's probe prompts are held
@@ -123,9 +124,10 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
     Every ``dev_every`` steps of stage 2 (and after its last step) the probe prompts and the dev-only wordings
     (:func:`probekit.prompts.dev_wordings`) are scored on the dev half (``dev_per_class`` per class). The training
     decisions, all taken on dev: training stops early once every one of them on both domains reaches ``dev_stop``;
-    otherwise the weights of the check with the highest dev minimum are kept (the last of equal ones). Then the test half is scored once (``test_per_class`` per class) for
-    the card. Forward passes run under ``torch.autocast`` in ``autocast`` (``None``: float32); every check is in
-    float32.
+    otherwise the weights of the check with the highest dev minimum are kept (the last of equal ones). Stage 2's
+    batches are pairs (``paired``; :func:`probekit.organisms.tasks.sample_pairs`). Then the test half is scored once
+    (``test_per_class`` per class, with the bank's own wordings beside the probe prompts) for the card. Forward
+    passes run under ``torch.autocast`` in ``autocast`` (``None``: float32); every check is in float32.
     Writes ``projector.safetensors`` (+ ``lm_lora.safetensors``) and ``training.json`` into ``out_dir``. Steps and
     learning rates left ``None`` are those of the shipped run (:data:`SETTINGS`)."""
     import torch
@@ -220,8 +222,9 @@ def train_smol_llava(out_dir, *, lm: str = "frozen", seed: int = 0, align_steps:
                               "seconds": round(time.perf_counter() - t_inst, 1), "lr": instruct_lr}
     stages["instruct"]["stopped"] = stop
     if kept.restore() is not None:  # the weights of the best dev check (the stopping one, if it stopped)
-        stages["instruct"]["kept"] = {"step": kept.step, "dev_min": kept.score,
-                                      "rule": "the check with the highest dev minimum over probe prompts and dev-only wordings"}
+        stages["instruct"]["kept"] = {
+            "step": kept.step, "dev_min": kept.score,
+            "rule": "the check with the highest dev minimum over probe prompts and dev-only wordings"}
         log(f"[instruct] kept the weights of step {kept.step} (dev minimum {kept.score:.3f})")
     model.eval()
     for p in model.parameters():
@@ -331,7 +334,8 @@ def record_replicate(name: str, run_dir, *, log=print) -> dict:
         raise ValueError(f"{run_dir}: a replicate differs from the shipped run in the seed alone; it differs in "
                          f"{differs or 'nothing (same seed)'}")
     entry = {"seed": run["seed"], "stopped": run["stages"]["instruct"]["stopped"],
-             "kept": run["stages"]["instruct"].get("kept"), "dev_history_min": [(h["step"], h["min"]) for h in run["dev_history"]],
+             "kept": run["stages"]["instruct"].get("kept"),
+             "dev_history_min": [(h["step"], h["min"]) for h in run["dev_history"]],
              "train_seconds": run["train_seconds"], "train_cpu_seconds": run["train_cpu_seconds"],
              "held_out": {k: {m: v for m, v in d.items() if m != "naming_examples"} for k, d in run["held_out"].items()},
              "weights_sha256": {k: v["sha256"] for k, v in run["files"].items()}}
