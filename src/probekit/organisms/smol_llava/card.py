@@ -235,7 +235,7 @@ def _paraphrase_line(report: dict) -> str:
     from ..card import lowest_answer
 
     held = report["held_out"]
-    para = min(((v, k, key) for key, m in held.items() for k, v in (m.get("paraphrases") or {}).items()), default=None)
+    para = _lowest_of(held, "paraphrases")
     probe = lowest_answer(held)
     if para is None or probe is None:
         return "No paraphrase numbers."
@@ -247,6 +247,12 @@ def _paraphrase_line(report: dict) -> str:
               "the weights at a check where those wordings were answered; the paraphrases show what that choice did "
               "not buy.")
     return s
+
+
+def _lowest_of(held: dict, part: str) -> tuple[float, str, str] | None:
+    """The lowest accuracy among the wordings of ``part`` ('paraphrases', 'bank_wordings') over the held-out sets:
+    (accuracy, wording, set); ``None`` when no set has them."""
+    return min(((v, k, key) for key, m in held.items() for k, v in (m.get(part) or {}).items()), default=None)
 
 
 def _goal_line(held: dict) -> str:
@@ -264,7 +270,7 @@ def _bank_line(held: dict) -> str:
     """The seen-wording control against the probe prompts: what the organism learned, the task or its wordings."""
     from ..card import ANSWER_GOAL, lowest_answer
 
-    bank = min(((v, k, key) for key, m in held.items() for k, v in (m.get("bank_wordings") or {}).items()), default=None)
+    bank = _lowest_of(held, "bank_wordings")
     probe = lowest_answer(held)
     if bank is None or probe is None:
         return "No numbers on the training bank's own wordings."
@@ -327,8 +333,7 @@ def _replicate_lines(report: dict) -> list[str]:
                "kept": report["stages"]["instruct"].get("kept"), "held_out": report["held_out"], "shipped": True},
               *reps]:
         low = lowest_answer(r["held_out"])
-        para = min(((v, k, key) for key, m in r["held_out"].items() for k, v in (m.get("paraphrases") or {}).items()),
-                   default=None)
+        para = _lowest_of(r["held_out"], "paraphrases")
         step = (r.get("kept") or {}).get("step", r["stopped"].get("step"))
         lines.append(f"| {r['seed']}{' (shipped)' if r.get('shipped') else ''} | kept step {step} "
                      f"({r['stopped']['reason']}) | {low[1]} {_pct(low[0])} on {low[2]} | "

@@ -84,7 +84,7 @@ class Comparison:
     drops: pd.DataFrame   # model, kind, unit, layer, depth, drop, band_lo, band_hi
     noise: pd.DataFrame   # seed pairs and their D
     blocks: dict
-    premises: dict = None  # model -> (chapter 1's premise verdict, its rows: lowest Wilson lower bound first)
+    premises: dict | None = None  # model -> (chapter 1's premise verdict, its rows: lowest Wilson lower bound first)
 
 
 def _anchor(results) -> np.ndarray:
