@@ -197,8 +197,9 @@ def stage_table(seg: Segmentation) -> pd.DataFrame:
 
 
 def model_table(runs: dict[str, Run]) -> pd.DataFrame:
-    """One row per model: class, decoder blocks, hidden size, images."""
+    """One row per model (the index): class, decoder blocks, hidden size, images."""
     return pd.DataFrame([{"model": m, "class": r.store.key["model"]["architecture"], "decoder blocks": r.blocks,
-                          "hidden size": r.store.manifest["hidden_size"], "images": r.n_images} for m, r in runs.items()])
+                          "hidden size": r.store.manifest["hidden_size"], "images": r.n_images}
+                         for m, r in runs.items()]).set_index("model")
 
 
