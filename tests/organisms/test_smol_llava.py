@@ -466,3 +466,36 @@ def test_a_seed_replicate_is_recorded_only_when_it_differs_in_the_seed_alone(tmp
     (run / "training.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="instruct"):
         T.record_replicate(K.FT_NAME, run, log=lambda *a: None)
+
+
+def test_text_only_answers_read_yes_and_no_as_the_book_does_and_count_the_right_ones():
+    """A stand-in LM that says yes exactly when the described class belongs to the asked concept (it counts
+    'handwritten' in its input: 0 or 2 means they match) gets all 40 right with fully separated margins; one that
+    always says yes gets only the 20 matching questions right and no separation."""
+    import types
+
+    from transformers import AutoProcessor
+
+    from probekit.organisms import organism_path
+    from probekit.prompts import surface_forms
+
+    processor = AutoProcessor.from_pretrained(organism_path("llava-organism"))
+    tok = processor.tokenizer
+    ids_of = {a: {t for f in surface_forms(a) for t in tok(f, add_special_tokens=False)["input_ids"]} for a in ("yes", "no")}
+
+    class StandIn:
+        def __init__(self, rule):
+            self.rule = rule
+
+        def __call__(self, input_ids):
+            text = tok.decode(input_ids[0].tolist())
+            logits = torch.zeros(1, input_ids.shape[1], len(tok))
+            logits[..., list(ids_of["yes" if self.rule(text) else "no"])] = 10.0
+            return types.SimpleNamespace(logits=logits)
+
+    right = C.text_only_answers(StandIn(lambda t: t.count("handwritten") in (0, 2)), processor)
+    for r in right.values():
+        assert r["n"] == 40 and r["correct"] == 40 and r["auc"] == 1.0 and r["p_separation"] < 1e-6
+        assert r["mean_margin_match"] > 5 > -5 > r["mean_margin_mismatch"]
+    always = C.text_only_answers(StandIn(lambda t: True), processor)
+    assert all(r["correct"] == 20 and r["auc"] == 0.5 for r in always.values())

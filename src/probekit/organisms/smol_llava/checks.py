@@ -127,15 +127,15 @@ def text_only_answers(model, processor) -> dict:
     """What the language model answers with the image's class given **in words** instead of the image: for each
     class of both domains, 'This is a photo of <class phrase>.' followed (where the image would be) by a concept
     question about its own domain (correct answer yes) and about the other (no), in paper A's anchor wording and
-    in one bank wording (:func:`probekit.organisms.tasks.bank_wordings`). Each answer's log-probability is that of
-    its best surface form ('yes', ' yes', 'Yes', ' Yes'), teacher-forced after the generation prompt. Returns, per
-    wording, how many of the 40 questions the model answers correctly, its mean yes-minus-no margin (nats) when
-    the concept matches and when it does not, and whether the margins separate the two whatever the threshold (AUC,
-    and the one-sided Mann-Whitney p-value of "matching concepts get larger margins")."""
+    in one bank wording (:func:`probekit.organisms.tasks.bank_wordings`). Answers are read as the book reads them
+    (:func:`probekit.prompts.answer_forms`: each answer's best token sequence, teacher-forced after the generation
+    prompt). Returns, per wording, how many of the 40 questions the model answers correctly, its mean yes-minus-no
+    margin (nats) when the concept matches and when it does not, and whether the margins separate the two whatever
+    the threshold (AUC, and the one-sided Mann-Whitney p-value of "matching concepts get larger margins")."""
     import torch
     from scipy.stats import mannwhitneyu
 
-    from ...prompts import paper_a_variants
+    from ...prompts import Variant, answer_forms, paper_a_variants
     from ..corpus import class_phrases
     from ..tasks import CONCEPTS, bank_wordings
 
@@ -143,16 +143,17 @@ def text_only_answers(model, processor) -> dict:
     wordings = {"anchor (paper A)": paper_a_variants("{c}", "a plane")[0].text,
                 "bank": bank_wordings("{c}", "a plane")[0].text}
 
-    def logprob(prompt_ids, answer):
-        best = None
-        for form in (answer, " " + answer, answer.capitalize(), " " + answer.capitalize()):
-            ids = tok(form, add_special_tokens=False)["input_ids"]
-            x = torch.tensor([prompt_ids + ids])
+    def margin(prompt: str) -> float:
+        """log p(best 'yes' form) - log p(best 'no' form), one teacher-forced pass per row of appended tokens."""
+        forms = answer_forms(tok, prompt, Variant("text_only", "text_only", prompt, ("yes", "no"), "yes"))
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        logprobs = []
+        for row in forms.rows:
             with torch.no_grad():
-                lp = torch.log_softmax(model(input_ids=x).logits[0, len(prompt_ids) - 1:-1].float(), -1)
-            s = float(lp[torch.arange(len(ids)), torch.tensor(ids)].sum())
-            best = s if best is None else max(best, s)
-        return best
+                logits = model(input_ids=torch.tensor([ids + list(row)])).logits[:, len(ids) - 1:]
+            logprobs.append(torch.log_softmax(logits.float(), -1))
+        yes, no = forms.score(logprobs)[0]
+        return float(yes - no)
 
     out = {}
     for name, text in wordings.items():
@@ -163,10 +164,9 @@ def text_only_answers(model, processor) -> dict:
                     q = f"This is a photo of {phrase}.\n{text.replace('{c}', CONCEPTS[asked])}"
                     msgs = [{"role": "user", "content": [{"type": "text", "text": q}]}]
                     prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-                    ids = tok(prompt, add_special_tokens=False)["input_ids"]
-                    margin = logprob(ids, "yes") - logprob(ids, "no")
-                    right += (margin > 0) == say_yes
-                    (match if say_yes else mismatch).append(margin)
+                    m = margin(prompt)
+                    right += (m > 0) == say_yes
+                    (match if say_yes else mismatch).append(m)
         test = mannwhitneyu(match, mismatch, alternative="greater")  # do matching concepts get larger margins?
         out[name] = {"correct": int(right), "n": len(match) + len(mismatch),
                      "mean_margin_match": round(float(np.mean(match)), 3),
