@@ -74,3 +74,12 @@ def test_pivotal_interval_is_seeded_and_narrows_with_n():
     big = pivotal_interval(2000, lambda i: x[i].mean(), seed=4)
     assert big[1] - big[0] < (small[1] - small[0]) / 3
     assert big[0] < x.mean() < big[1]
+
+
+def test_wilson_interval_matches_the_textbook_value_and_brackets_the_share():
+    from probekit.stats import wilson_interval
+
+    lo, hi = wilson_interval(8, 10)  # Wilson score interval, z = 1.96: 0.4902-0.9433
+    assert abs(lo - 0.4902) < 1e-3 and abs(hi - 0.9433) < 1e-3
+    lo, hi = wilson_interval(0, 40)
+    assert lo == 0.0 and 0.0 < hi < 0.1

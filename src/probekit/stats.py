@@ -30,6 +30,15 @@ def bootstrap_ci(correct: np.ndarray, *, n_boot: int = 1000, alpha: float = 0.05
     return acc, lo, hi
 
 
+def wilson_interval(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score 95 % interval of a share ``k / n`` (scipy's ``binomtest(...).proportion_ci``): the interval
+    the premise rule, the organisms' cards and the naming readout state."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def paired_difference(correct: np.ndarray, a: int, b: int, *, n_boot: int = 1000, seed: int = 0,
                       alpha: float = 0.05) -> tuple[float, float, float]:
     """Accuracy of column ``a`` minus column ``b`` of ``correct`` [n, k] (the same held-out images), with a
@@ -110,4 +119,4 @@ def resolvable_difference(n: int, p: float = 0.5, *, alpha: float = 0.05, power:
 
 
 __all__ = ["bootstrap_ci", "bootstrap_indices", "paired_difference", "paired_mean_differences", "pivotal_interval",
-           "resolvable_difference", "simultaneous_band"]
+           "resolvable_difference", "simultaneous_band", "wilson_interval"]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..stats import wilson_interval
+
 READOUT_C = 1.0
 
 
@@ -58,10 +60,7 @@ def vision_readout(model_id: str, *, train_limit: int | None = None, test_limit:
     probe = LayerProbes(C=READOUT_C, seed=seed).fit(x_train[:, None], train.labels[keep])
     correct = probe.predict(x_test[:, None])[:, 0] == test.labels[held]
     k, n = int(correct.sum()), len(correct)
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(method="wilson")
-    low, high = float(ci.low), float(ci.high)
+    low, high = wilson_interval(k, n)
     log(f"[readout] {model_id}: layer {layer}, {x_train.shape[1]} features, test-half accuracy {k / n:.4f}")
     return {"accuracy": round(k / n, 4), "ci95": [round(low, 4), round(high, 4)], "n_test": n,
             "n_train": len(keep), "layer": layer, "features": int(x_train.shape[1]), "C": READOUT_C,

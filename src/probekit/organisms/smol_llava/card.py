@@ -289,17 +289,17 @@ def _text_only_line(report: dict) -> str:
     """What the language model answers with the class given in words (:func:`.checks.text_only_answers`). Its
     yes/no choice is at chance when each wording's Wilson 95 % interval holds 0.5; its margins do not separate
     matching from mismatching concepts when each wording's Mann-Whitney p-value is at least 0.05."""
-    from scipy.stats import binomtest
+    from ...stats import wilson_interval
 
     t = report.get("text_only")
     if not t:
         return "No text-only check."
     parts, chance, apart = [], [], []
     for w, r in t.items():
-        ci = binomtest(r["correct"], r["n"]).proportion_ci(method="wilson")
-        chance.append(ci.low <= 0.5 <= ci.high)
+        low, high = wilson_interval(r["correct"], r["n"])
+        chance.append(low <= 0.5 <= high)
         apart.append(r.get("p_separation", 1.0) < 0.05)
-        parts.append(f"{w}: {r['correct']} of {r['n']} correct (95 % {ci.low:.2f}–{ci.high:.2f}); mean yes-minus-no "
+        parts.append(f"{w}: {r['correct']} of {r['n']} correct (95 % {low:.2f}–{high:.2f}); mean yes-minus-no "
                      f"margin {r['mean_margin_match']:+.2f} nats when the concept matches vs "
                      f"{r['mean_margin_mismatch']:+.2f} when it does not"
                      + (f" (AUC {r['auc']:.2f}, Mann-Whitney p = {r['p_separation']:.2g})" if "auc" in r else ""))

@@ -114,13 +114,13 @@ def premise(table) -> tuple[str, list[tuple]]:
     """The premise rule (module doc) on a :func:`~.analysis.decision_behaviour` table: ``'holds'``, ``'fails'`` or
     ``'uncertain'``, and the rows ``(variant, image shows, share, n, low, high)`` with the lowest lower bound
     first (Wilson 95 % intervals)."""
-    from scipy.stats import binomtest
+    from ...stats import wilson_interval
 
     rows = []
     for _, r in table.iterrows():
         n = int(r.n)
-        ci = binomtest(int(round(r.answered_correctly * n)), n).proportion_ci(method="wilson")
-        rows.append((r.variant, r["image shows"], float(r.answered_correctly), n, ci.low, ci.high))
+        rows.append((r.variant, r["image shows"], float(r.answered_correctly), n,
+                     *wilson_interval(round(r.answered_correctly * n), n)))
     rows.sort(key=lambda x: x[4])
     if all(x[4] >= PREMISE for x in rows):
         return "holds", rows
